@@ -1,0 +1,308 @@
+//! The public handle: reads, refresh, subscriptions, status, shutdown.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use crate::config::{Config, FlagsBuilder};
+use crate::error::Error;
+use crate::poller::{Command, Poller, Shared};
+use crate::snapshot::{Snapshot, Source};
+use crate::status::Status;
+use crate::store::Store;
+use crate::transport::Transport;
+
+/// A handle on the live flag set. Cheap to clone; every clone reads the same flags.
+///
+/// Reads (`get_*`, [`snapshot`](Self::snapshot)) are plain synchronous calls: they load the
+/// current [`Snapshot`] from an `ArcSwap` and never await, lock or (for scalars) allocate, so
+/// they are safe on any hot path and in any thread. One background task, spawned by
+/// [`FlagsBuilder::build`], does all I/O.
+///
+/// The poller stops when [`shutdown`](Self::shutdown) is called, the cancellation token given to
+/// the builder is cancelled, or the last clone of the handle is dropped. Reads keep serving the
+/// last snapshot after that.
+#[derive(Clone)]
+pub struct Flags {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    commands: mpsc::UnboundedSender<Command>,
+    token: CancellationToken,
+    task: Mutex<Option<JoinHandle<()>>>,
+    // Cancels the poller when the last handle goes away.
+    _guard: DropGuard,
+}
+
+impl fmt::Debug for Flags {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let snapshot = self.inner.shared.current.load();
+        f.debug_struct("Flags")
+            .field("source", &snapshot.source())
+            .field("flags", &snapshot.len())
+            .field("status", &self.status().as_str())
+            .finish()
+    }
+}
+
+impl Flags {
+    /// Starts configuring a handle; see [`FlagsBuilder`] for every setting and its default.
+    pub fn builder() -> FlagsBuilder {
+        FlagsBuilder::default()
+    }
+
+    pub(crate) fn start(
+        config: Config,
+        transport: Arc<dyn Transport>,
+        store: Option<Arc<dyn Store>>,
+        parent: CancellationToken,
+        runtime: &tokio::runtime::Handle,
+    ) -> Flags {
+        let config = Arc::new(config);
+        let initial = Arc::new(Snapshot::build(None, &config.defaults));
+        let status = if config.enabled {
+            Status::Initializing
+        } else {
+            Status::Disabled
+        };
+        let shared = Arc::new(Shared {
+            current: ArcSwap::new(Arc::clone(&initial)),
+            snapshots: watch::Sender::new(initial),
+            status: watch::Sender::new(status),
+        });
+        let (commands, receiver) = mpsc::unbounded_channel();
+        // A child token: cancelling ours (on drop or shutdown) leaves the caller's untouched.
+        let token = parent.child_token();
+        let poller = Poller::new(
+            Arc::clone(&config),
+            transport,
+            store,
+            Arc::clone(&shared),
+            receiver,
+            token.clone(),
+        );
+        let task = runtime.spawn(poller.run());
+        Flags {
+            inner: Arc::new(Inner {
+                shared,
+                commands,
+                _guard: token.clone().drop_guard(),
+                token,
+                task: Mutex::new(Some(task)),
+            }),
+        }
+    }
+
+    /// The current snapshot: one consistent view of every flag, to keep as long as needed.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.inner.shared.current.load_full()
+    }
+
+    // Reads go through a short-lived guard: no reference count is touched and nothing allocates.
+    fn with<T>(&self, read: impl FnOnce(&Snapshot) -> T) -> T {
+        read(&self.inner.shared.current.load())
+    }
+
+    /// The flag as a boolean; `None` when absent or of another type.
+    pub fn get_bool(&self, name: &str) -> Option<bool> {
+        self.with(|s| s.get_bool(name))
+    }
+
+    /// The flag as an integer; `None` when absent, not an integer, or out of range.
+    pub fn get_i64(&self, name: &str) -> Option<i64> {
+        self.with(|s| s.get_i64(name))
+    }
+
+    /// The flag as a float (integers convert); `None` when absent or not a number.
+    pub fn get_f64(&self, name: &str) -> Option<f64> {
+        self.with(|s| s.get_f64(name))
+    }
+
+    /// The flag as a shared string: the snapshot's own copy, handed out without copying the text.
+    pub fn get_str(&self, name: &str) -> Option<Arc<str>> {
+        self.with(|s| s.flag(name).and_then(|f| f.text.clone()))
+    }
+
+    /// The flag's JSON value, cloned. To borrow instead, read from [`snapshot`](Self::snapshot).
+    pub fn get(&self, name: &str) -> Option<Value> {
+        self.with(|s| s.get(name).cloned())
+    }
+
+    /// The flag deserialized into `T`; `None` when absent or of another shape.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// #[derive(serde::Deserialize)]
+    /// struct Limits { max: u32 }
+    ///
+    /// let flags = flagpole::Flags::builder()
+    ///     .default_flag("limits", serde_json::json!({"max": 3}))
+    ///     .enabled(false)
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(flags.get_as::<Limits>("limits").unwrap().max, 3);
+    /// assert!(flags.get_as::<Vec<u8>>("limits").is_none());
+    /// # }
+    /// ```
+    pub fn get_as<T: DeserializeOwned>(&self, name: &str) -> Option<T> {
+        self.with(|s| s.get_as(name))
+    }
+
+    /// [`get_bool`](Self::get_bool), or `default` when absent or of another type.
+    pub fn get_bool_or(&self, name: &str, default: bool) -> bool {
+        self.get_bool(name).unwrap_or(default)
+    }
+
+    /// [`get_i64`](Self::get_i64), or `default`.
+    pub fn get_i64_or(&self, name: &str, default: i64) -> i64 {
+        self.get_i64(name).unwrap_or(default)
+    }
+
+    /// [`get_f64`](Self::get_f64), or `default`.
+    pub fn get_f64_or(&self, name: &str, default: f64) -> f64 {
+        self.get_f64(name).unwrap_or(default)
+    }
+
+    /// [`get_str`](Self::get_str), or `default` (allocated only when it is used).
+    pub fn get_str_or(&self, name: &str, default: &str) -> Arc<str> {
+        self.get_str(name).unwrap_or_else(|| Arc::from(default))
+    }
+
+    /// [`get`](Self::get), or `default`.
+    pub fn get_or(&self, name: &str, default: Value) -> Value {
+        self.get(name).unwrap_or(default)
+    }
+
+    /// [`get_as`](Self::get_as), or `default`.
+    pub fn get_as_or<T: DeserializeOwned>(&self, name: &str, default: T) -> T {
+        self.get_as(name).unwrap_or(default)
+    }
+
+    /// Every flag name served now, sorted.
+    pub fn names(&self) -> Vec<String> {
+        self.with(|s| s.names().into_iter().map(str::to_owned).collect())
+    }
+
+    /// Fetches now and returns the resulting snapshot.
+    ///
+    /// The request is queued when this is called, and the answer always comes from a fetch that
+    /// started after that. Concurrent calls share fetches: at most one request is in flight and
+    /// one queued, however many callers wait.
+    ///
+    /// # Errors
+    /// The fetch's error (the last good flags stay served); [`Error::Disabled`] at once when remote
+    /// flags are off; [`Error::Stopped`] at once when the poller has stopped.
+    ///
+    /// # Cancellation safety
+    /// Dropping the future does not cancel the fetch; other callers still get its result.
+    pub fn refresh(&self) -> impl Future<Output = Result<Arc<Snapshot>, Error>> + Send + 'static {
+        let (reply, answer) = oneshot::channel();
+        let sent = self.inner.commands.send(Command::Refresh(reply));
+        async move {
+            sent.map_err(|_| Error::Stopped)?;
+            answer.await.unwrap_or(Err(Error::Stopped))
+        }
+    }
+
+    /// Switches remote flags on or off (privacy). Off: the request in flight is aborted, no
+    /// further request is made, and only defaults are served. On again: the last remote flags come
+    /// back and a fetch starts at once unless they are still fresh.
+    ///
+    /// The change is queued when this is called; the future completes once it is in effect
+    /// (reads from then on see it).
+    ///
+    /// # Cancellation safety
+    /// Dropping the future does not undo the change.
+    pub fn set_enabled(&self, enabled: bool) -> impl Future<Output = ()> + Send + 'static {
+        let (ack, done) = oneshot::channel();
+        let sent = self.inner.commands.send(Command::SetEnabled(enabled, ack));
+        async move {
+            if sent.is_ok() {
+                let _ = done.await;
+            }
+        }
+    }
+
+    /// A receiver of snapshots that wakes only when flag values or their source change; a fetch
+    /// that brings identical flags updates the value without waking it.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.inner.shared.snapshots.subscribe()
+    }
+
+    /// The poller's status now.
+    pub fn status(&self) -> Status {
+        self.inner.shared.status.borrow().clone()
+    }
+
+    /// A receiver of every status change.
+    pub fn status_receiver(&self) -> watch::Receiver<Status> {
+        self.inner.shared.status.subscribe()
+    }
+
+    /// Waits until remote flags (from the network or the cache) are served, for at most
+    /// `timeout`. True when they are; false on timeout, or when the poller is disabled or stopped
+    /// before any arrived (defaults are still served then).
+    ///
+    /// # Cancellation safety
+    /// Cancel-safe: it only observes.
+    pub async fn wait_until_ready(&self, timeout: Duration) -> bool {
+        let mut snapshots = self.subscribe();
+        let mut status = self.status_receiver();
+        let ready = async {
+            loop {
+                if snapshots.borrow_and_update().source() != Source::Defaults {
+                    return true;
+                }
+                if matches!(
+                    *status.borrow_and_update(),
+                    Status::Disabled | Status::Stopped
+                ) {
+                    return false;
+                }
+                tokio::select! {
+                    changed = snapshots.changed() => if changed.is_err() { return false },
+                    changed = status.changed() => if changed.is_err() { return false },
+                }
+            }
+        };
+        tokio::time::timeout(timeout, ready).await.unwrap_or(false)
+    }
+
+    /// Stops the poller and waits for it to finish, even mid-request or mid-backoff. Idempotent;
+    /// reads keep serving the last snapshot.
+    ///
+    /// # Cancellation safety
+    /// The stop is requested when this is called; dropping the future only stops the waiting.
+    pub fn shutdown(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.inner.token.cancel();
+        let task = self
+            .inner
+            .task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let mut status = self.status_receiver();
+        async move {
+            match task {
+                Some(task) => {
+                    let _ = task.await;
+                }
+                // Another caller holds the task: wait for the poller to say it stopped.
+                None => {
+                    let _ = status.wait_for(Status::is_stopped).await;
+                }
+            }
+        }
+    }
+}

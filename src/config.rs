@@ -1,0 +1,547 @@
+//! Request parameters (`Client`, `Distribution`, `Environment`) and the [`FlagsBuilder`].
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::Url;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, UnknownValue};
+use crate::store::Store;
+use crate::transport::{HttpTransport, Transport};
+use crate::Flags;
+
+/// The Client Config API used when no base URL is set.
+pub const DEFAULT_BASE_URL: &str = "https://client-config.api.cx.metamask.io/v1";
+/// How long fetched flags stay fresh by default: one day.
+pub const DEFAULT_FETCH_INTERVAL: Duration = Duration::from_secs(24 * 60 * 60);
+/// The default limit on one whole request, body included.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The default first retry delay after a failure.
+pub const DEFAULT_BACKOFF_INITIAL: Duration = Duration::from_secs(1);
+/// The default retry delay cap (further capped by the fetch interval).
+pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(5 * 60);
+/// The default limit on a response body: 4 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+/// The default schedule jitter: refresh at a random point in the last 20% of the interval.
+pub const DEFAULT_SCHEDULE_JITTER: f64 = 0.2;
+
+// One macro for the three parameter enums so their names, parsing and serde stay in one place.
+macro_rules! name_enum {
+    ($(#[$doc:meta])* $name:ident, $kind:literal, { $($(#[$vdoc:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+        pub enum $name {
+            $($(#[$vdoc])* $variant,)+
+        }
+
+        impl $name {
+            /// Every accepted name, in declaration order.
+            pub const NAMES: &'static [&'static str] = &[$($text),+];
+
+            /// The name sent on the wire.
+            pub const fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text,)+ }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = UnknownValue;
+
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    _ => Err(UnknownValue { kind: $kind, value: s.to_owned(), expected: Self::NAMES }),
+                }
+            }
+        }
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+name_enum!(
+    /// Which app asks for flags (`client=`).
+    Client, "client", {
+        /// The browser extension (the default).
+        #[default]
+        Extension => "extension",
+        /// The mobile app.
+        Mobile => "mobile",
+    }
+);
+
+name_enum!(
+    /// Which build of the app asks (`distribution=`).
+    Distribution, "distribution", {
+        /// The main build (the default).
+        #[default]
+        Main => "main",
+        /// The Flask (experimental) build.
+        Flask => "flask",
+    }
+);
+
+name_enum!(
+    /// Which deployment environment asks (`environment=`).
+    Environment, "environment", {
+        /// Production (the default).
+        #[default]
+        Prod => "prod",
+        /// Release candidate.
+        Rc => "rc",
+        /// Development.
+        Dev => "dev",
+    }
+);
+
+/// The validated configuration the poller runs with.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) base_url: Url,
+    pub(crate) client: Client,
+    pub(crate) distribution: Distribution,
+    pub(crate) environment: Environment,
+    pub(crate) profile_id: Option<String>,
+    pub(crate) client_version: Option<String>,
+    pub(crate) fetch_interval: Duration,
+    pub(crate) timeout: Duration,
+    pub(crate) backoff_initial: Duration,
+    pub(crate) backoff_max: Duration,
+    pub(crate) max_body_bytes: usize,
+    pub(crate) schedule_jitter: f64,
+    pub(crate) defaults: HashMap<String, Value>,
+    pub(crate) enabled: bool,
+}
+
+impl Config {
+    /// The retry delay cap actually used: never longer than the fetch interval.
+    pub(crate) fn backoff_cap(&self) -> Duration {
+        self.backoff_max.min(self.fetch_interval)
+    }
+
+    /// Identifies the request a cache record answers. The profile id enters only as a hash, so
+    /// the cache file never holds it.
+    pub(crate) fn cache_key(&self) -> String {
+        let profile = self.profile_id.as_deref().map_or_else(|| "-".to_owned(), hash_id);
+        format!(
+            "{}|{}|{}|{}|user:{}|version:{}",
+            self.base_url.as_str().trim_end_matches('/'),
+            self.client,
+            self.distribution,
+            self.environment,
+            profile,
+            self.client_version.as_deref().unwrap_or("-"),
+        )
+    }
+}
+
+/// Builds a [`Flags`] handle; every setting has a default.
+///
+/// | setting | default |
+/// |---|---|
+/// | [`base_url`](Self::base_url) | [`DEFAULT_BASE_URL`] |
+/// | [`client`](Self::client) / [`distribution`](Self::distribution) / [`environment`](Self::environment) | `extension` / `main` / `prod` |
+/// | [`profile_id`](Self::profile_id) | none (no `user=` parameter) |
+/// | [`fetch_interval`](Self::fetch_interval) | 1 day |
+/// | [`timeout`](Self::timeout) | 10 s for the whole request, body included |
+/// | [`backoff_initial`](Self::backoff_initial) / [`backoff_max`](Self::backoff_max) | 1 s / 5 min (and never above the fetch interval) |
+/// | [`max_body_bytes`](Self::max_body_bytes) | 4 MiB |
+/// | [`schedule_jitter`](Self::schedule_jitter) | 0.2 |
+/// | [`store`](Self::store) | none: nothing persists between runs |
+/// | [`default_flag`](Self::default_flag) / [`defaults`](Self::defaults) | none |
+/// | [`enabled`](Self::enabled) | `true` |
+/// | [`cancellation_token`](Self::cancellation_token) | a new token |
+/// | [`http_client`](Self::http_client) / [`transport`](Self::transport) | a new `reqwest::Client` (rustls) |
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), flagpole::Error> {
+/// use std::time::Duration;
+/// use flagpole::{Environment, Flags};
+///
+/// let flags = Flags::builder()
+///     .environment(Environment::Dev)
+///     .fetch_interval(Duration::from_secs(15 * 60))
+///     .default_flag("new-checkout", false)
+///     .enabled(false) // no request in this example
+///     .build()?;
+/// assert_eq!(flags.get_bool("new-checkout"), Some(false));
+/// # Ok(()) }
+/// ```
+#[must_use]
+pub struct FlagsBuilder {
+    base_url: String,
+    client: Client,
+    distribution: Distribution,
+    environment: Environment,
+    profile_id: Option<String>,
+    client_version: Option<String>,
+    fetch_interval: Duration,
+    timeout: Duration,
+    backoff_initial: Duration,
+    backoff_max: Duration,
+    max_body_bytes: usize,
+    schedule_jitter: f64,
+    defaults: HashMap<String, Value>,
+    enabled: bool,
+    store: Option<Arc<dyn Store>>,
+    token: Option<CancellationToken>,
+    http_client: Option<reqwest::Client>,
+    transport: Option<Arc<dyn Transport>>,
+}
+
+impl fmt::Debug for FlagsBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The profile id stays out of debug output, like everywhere else.
+        f.debug_struct("FlagsBuilder")
+            .field("base_url", &self.base_url)
+            .field("client", &self.client)
+            .field("distribution", &self.distribution)
+            .field("environment", &self.environment)
+            .field("profile_id", &self.profile_id.as_ref().map(|_| "<redacted>"))
+            .field("fetch_interval", &self.fetch_interval)
+            .field("enabled", &self.enabled)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for FlagsBuilder {
+    fn default() -> Self {
+        FlagsBuilder {
+            base_url: DEFAULT_BASE_URL.to_owned(),
+            client: Client::default(),
+            distribution: Distribution::default(),
+            environment: Environment::default(),
+            profile_id: None,
+            client_version: None,
+            fetch_interval: DEFAULT_FETCH_INTERVAL,
+            timeout: DEFAULT_TIMEOUT,
+            backoff_initial: DEFAULT_BACKOFF_INITIAL,
+            backoff_max: DEFAULT_BACKOFF_MAX,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            schedule_jitter: DEFAULT_SCHEDULE_JITTER,
+            defaults: HashMap::new(),
+            enabled: true,
+            store: None,
+            token: None,
+            http_client: None,
+            transport: None,
+        }
+    }
+}
+
+impl FlagsBuilder {
+    /// The API root; `/flags` is appended. Must be an `http` or `https` URL.
+    pub fn base_url(mut self, url: impl Into<String>) -> Self {
+        self.base_url = url.into();
+        self
+    }
+
+    /// The `client=` parameter.
+    pub fn client(mut self, client: Client) -> Self {
+        self.client = client;
+        self
+    }
+
+    /// The `distribution=` parameter.
+    pub fn distribution(mut self, distribution: Distribution) -> Self {
+        self.distribution = distribution;
+        self
+    }
+
+    /// The `environment=` parameter.
+    pub fn environment(mut self, environment: Environment) -> Self {
+        self.environment = environment;
+        self
+    }
+
+    /// The user's profile id, sent as `user=`. It is never logged, and the cache stores only a
+    /// hash of it. An empty id counts as none.
+    pub fn profile_id(mut self, id: impl Into<String>) -> Self {
+        let id = id.into();
+        self.profile_id = (!id.is_empty()).then_some(id);
+        self
+    }
+
+    /// The app's version. Stored with the cache: a cache saved by another version is not used.
+    pub fn client_version(mut self, version: impl Into<String>) -> Self {
+        self.client_version = Some(version.into());
+        self
+    }
+
+    /// How long fetched flags stay fresh; must be above zero.
+    pub fn fetch_interval(mut self, interval: Duration) -> Self {
+        self.fetch_interval = interval;
+        self
+    }
+
+    /// The limit on one whole request, from connecting to the last body byte; must be above zero.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The first retry delay after a failure; it doubles on each further failure.
+    pub fn backoff_initial(mut self, delay: Duration) -> Self {
+        self.backoff_initial = delay;
+        self
+    }
+
+    /// The retry delay cap; the fetch interval caps it too.
+    pub fn backoff_max(mut self, delay: Duration) -> Self {
+        self.backoff_max = delay;
+        self
+    }
+
+    /// The largest body accepted; a longer one is cut off while streaming and is an error.
+    pub fn max_body_bytes(mut self, bytes: usize) -> Self {
+        self.max_body_bytes = bytes;
+        self
+    }
+
+    /// The share of the fetch interval, at its end, in which the next refresh is scheduled at
+    /// random (0 to 1). With 0.2 and a 1-day interval, a refresh comes between 19.2 h and 24 h
+    /// after the last one, so processes started together do not all call the API at once.
+    /// 0 refreshes exactly at expiry.
+    pub fn schedule_jitter(mut self, jitter: f64) -> Self {
+        self.schedule_jitter = jitter;
+        self
+    }
+
+    /// A default value, served when the remote set lacks this flag or remote flags are off.
+    pub fn default_flag(mut self, name: impl Into<String>, value: impl Into<Value>) -> Self {
+        self.defaults.insert(name.into(), value.into());
+        self
+    }
+
+    /// Several defaults at once (added to any set before).
+    pub fn defaults<K, V>(mut self, defaults: impl IntoIterator<Item = (K, V)>) -> Self
+    where
+        K: Into<String>,
+        V: Into<Value>,
+    {
+        self.defaults
+            .extend(defaults.into_iter().map(|(k, v)| (k.into(), v.into())));
+        self
+    }
+
+    /// Where flags persist between runs, e.g. a [`FileStore`](crate::FileStore).
+    pub fn store(mut self, store: impl Store) -> Self {
+        self.store = Some(Arc::new(store));
+        self
+    }
+
+    /// Whether remote flags are on at start. Off: no request is made and only defaults are served.
+    pub fn enabled(mut self, enabled: bool) -> Self {
+        self.enabled = enabled;
+        self
+    }
+
+    /// A token whose cancellation stops the poller (a child token is used, so dropping the
+    /// handle never cancels the caller's token).
+    pub fn cancellation_token(mut self, token: CancellationToken) -> Self {
+        self.token = Some(token);
+        self
+    }
+
+    /// A caller-configured `reqwest::Client` (proxies, TLS roots, pooling). Ignored when a
+    /// [`transport`](Self::transport) is set.
+    pub fn http_client(mut self, client: reqwest::Client) -> Self {
+        self.http_client = Some(client);
+        self
+    }
+
+    /// Replaces HTTP altogether, e.g. with a
+    #[cfg_attr(feature = "test-util", doc = "[`ScriptedTransport`](crate::ScriptedTransport)")]
+    #[cfg_attr(not(feature = "test-util"), doc = "`ScriptedTransport`")]
+    /// in tests.
+    pub fn transport(mut self, transport: impl Transport) -> Self {
+        self.transport = Some(Arc::new(transport));
+        self
+    }
+
+    /// Checks the configuration, loads nothing yet, and spawns the poller on the current tokio
+    /// runtime. The returned handle serves defaults until the store or the network answers.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a zero interval or timeout, a bad base URL, a jitter outside 0..=1,
+    /// a zero body limit, or no tokio runtime.
+    pub fn build(self) -> Result<Flags, Error> {
+        let config = self.validate()?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            Error::config("build() must be called inside a tokio runtime (the poller is spawned on it)")
+        })?;
+        let transport = match self.transport {
+            Some(t) => t,
+            None => Arc::new(match self.http_client {
+                Some(c) => HttpTransport::with_client(c),
+                None => HttpTransport::new()?,
+            }),
+        };
+        Ok(Flags::start(
+            config,
+            transport,
+            self.store,
+            self.token.unwrap_or_default(),
+            &runtime,
+        ))
+    }
+
+    pub(crate) fn validate(&self) -> Result<Config, Error> {
+        let base_url = parse_base_url(&self.base_url)?;
+        if self.fetch_interval.is_zero() {
+            return Err(Error::config("fetch interval must be above zero"));
+        }
+        if self.timeout.is_zero() {
+            return Err(Error::config("timeout must be above zero"));
+        }
+        if self.backoff_initial.is_zero() {
+            return Err(Error::config("initial backoff must be above zero"));
+        }
+        if self.backoff_max < self.backoff_initial {
+            return Err(Error::config(
+                "maximum backoff must not be below the initial backoff",
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.schedule_jitter) {
+            return Err(Error::config("schedule jitter must be between 0 and 1"));
+        }
+        if self.max_body_bytes == 0 {
+            return Err(Error::config("max body bytes must be above zero"));
+        }
+        Ok(Config {
+            base_url,
+            client: self.client,
+            distribution: self.distribution,
+            environment: self.environment,
+            profile_id: self.profile_id.clone(),
+            client_version: self.client_version.clone(),
+            fetch_interval: self.fetch_interval,
+            timeout: self.timeout,
+            backoff_initial: self.backoff_initial,
+            backoff_max: self.backoff_max,
+            max_body_bytes: self.max_body_bytes,
+            schedule_jitter: self.schedule_jitter,
+            defaults: self.defaults.clone(),
+            enabled: self.enabled,
+        })
+    }
+}
+
+fn hash_id(id: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(id.as_bytes());
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn parse_base_url(raw: &str) -> Result<Url, Error> {
+    let url = Url::parse(raw).map_err(|e| Error::config(format!("base URL `{raw}`: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(Error::config(format!(
+            "base URL `{raw}`: scheme must be http or https"
+        )));
+    }
+    if url.cannot_be_a_base() || url.host().is_none() {
+        return Err(Error::config(format!("base URL `{raw}`: no host")));
+    }
+    Ok(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for name in Client::NAMES {
+            assert_eq!(name.parse::<Client>().unwrap().to_string(), *name);
+        }
+        for name in Distribution::NAMES {
+            assert_eq!(name.parse::<Distribution>().unwrap().to_string(), *name);
+        }
+        for name in Environment::NAMES {
+            assert_eq!(name.parse::<Environment>().unwrap().to_string(), *name);
+        }
+    }
+
+    #[test]
+    fn unknown_value_lists_accepted_names() {
+        let err = "staging".parse::<Environment>().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown environment `staging`: expected one of prod, rc, dev"
+        );
+        let err = "Extension".parse::<Client>().unwrap_err();
+        assert_eq!(err.expected, &["extension", "mobile"]);
+    }
+
+    #[test]
+    fn serde_uses_wire_names() {
+        assert_eq!(serde_json::to_string(&Distribution::Flask).unwrap(), "\"flask\"");
+        assert_eq!(
+            serde_json::from_str::<Environment>("\"rc\"").unwrap(),
+            Environment::Rc
+        );
+        let err = serde_json::from_str::<Client>("\"web\"").unwrap_err();
+        assert!(err.to_string().contains("expected one of extension, mobile"));
+    }
+
+    #[test]
+    fn base_url_validation() {
+        assert!(parse_base_url("https://example.com/v1").is_ok());
+        assert!(parse_base_url("http://127.0.0.1:8080").is_ok());
+        for bad in ["", "not a url", "ftp://example.com", "mailto:a@b.c", "https://"] {
+            let err = parse_base_url(bad).unwrap_err();
+            assert!(matches!(err, Error::Config { .. }), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn build_rejects_bad_settings() {
+        let cases: Vec<(&str, FlagsBuilder)> = vec![
+            ("zero interval", Flags::builder().fetch_interval(Duration::ZERO)),
+            ("zero timeout", Flags::builder().timeout(Duration::ZERO)),
+            ("bad url", Flags::builder().base_url("nope")),
+            ("jitter", Flags::builder().schedule_jitter(1.5)),
+            ("body", Flags::builder().max_body_bytes(0)),
+            (
+                "backoff",
+                Flags::builder()
+                    .backoff_initial(Duration::from_secs(10))
+                    .backoff_max(Duration::from_secs(1)),
+            ),
+        ];
+        for (what, builder) in cases {
+            let err = builder.validate().unwrap_err();
+            assert!(matches!(err, Error::Config { .. }), "{what}: {err}");
+        }
+    }
+
+    #[test]
+    fn build_outside_a_runtime_is_a_config_error() {
+        let err = Flags::builder().enabled(false).build().unwrap_err();
+        assert!(err.to_string().contains("tokio runtime"), "{err}");
+    }
+}

@@ -1,0 +1,126 @@
+//! The crate's one error type.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A boxed, shareable error source: errors are cloned to every waiting caller and into the status.
+pub(crate) type Source = Arc<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Everything that can go wrong while building a [`Flags`](crate::Flags) handle, fetching flags or
+/// persisting them.
+///
+/// Errors are cheap to clone (sources are reference-counted) because one failed fetch is reported
+/// to every caller of [`Flags::refresh`](crate::Flags::refresh) waiting on it and kept in
+/// [`Status::Stale`](crate::Status::Stale).
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The flag service answered with a status other than 2xx (or an unexpected 304).
+    #[error("the flag service answered HTTP {status}")]
+    Http {
+        /// The HTTP status code.
+        status: u16,
+    },
+    /// The request, including reading the whole body, took longer than the configured timeout.
+    #[error("the flag service did not answer within {after:?}")]
+    Timeout {
+        /// The timeout that elapsed.
+        after: Duration,
+    },
+    /// The connection failed: refused, reset, DNS, TLS, a redirect loop or a broken body stream.
+    #[error("could not reach the flag service: {source}")]
+    Connect {
+        /// The underlying transport error.
+        source: Source,
+    },
+    /// The body is not a flag set: invalid UTF-8, invalid JSON, or JSON of the wrong shape.
+    #[error("the flag service sent an invalid body: {reason}")]
+    Parse {
+        /// What is wrong with the body.
+        reason: String,
+    },
+    /// The body is larger than the configured limit; it was not read past the limit.
+    #[error("the flag service sent a body larger than the {limit}-byte limit")]
+    TooLarge {
+        /// The configured limit in bytes.
+        limit: usize,
+    },
+    /// The cache store could not be read or written.
+    #[error("flag cache store failed: {source}")]
+    Store {
+        /// The underlying I/O or encoding error.
+        source: Source,
+    },
+    /// The configuration is invalid; returned by [`FlagsBuilder::build`](crate::FlagsBuilder::build).
+    #[error("invalid flagpole configuration: {reason}")]
+    Config {
+        /// What is wrong with the configuration.
+        reason: String,
+    },
+    /// Remote flags are switched off with [`Flags::set_enabled`](crate::Flags::set_enabled).
+    #[error("remote flags are disabled")]
+    Disabled,
+    /// The poller has stopped (shutdown, cancellation, or every handle dropped).
+    #[error("the flag poller has stopped")]
+    Stopped,
+}
+
+impl Error {
+    pub(crate) fn connect(source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Error::Connect {
+            source: Arc::new(source),
+        }
+    }
+
+    pub(crate) fn store(source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Error::Store {
+            source: Arc::new(source),
+        }
+    }
+
+    pub(crate) fn config(reason: impl Into<String>) -> Self {
+        Error::Config {
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn parse(reason: impl Into<String>) -> Self {
+        Error::Parse {
+            reason: reason.into(),
+        }
+    }
+
+    /// The HTTP status, when the server answered with one that is treated as a failure.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Error::Http { status } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// True for a request that timed out.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Error::Timeout { .. })
+    }
+
+    /// True for failures that retrying the same request cannot fix soon: 4xx answers other
+    /// than 408 and 429. The poller backs off straight to its cap on these.
+    pub fn is_permanent(&self) -> bool {
+        self.status()
+            .is_some_and(|s| !crate::request::is_retryable_status(s))
+    }
+}
+
+/// A string value that is not one of an enum's accepted names, from `FromStr` on
+/// [`Client`](crate::Client), [`Distribution`](crate::Distribution) or
+/// [`Environment`](crate::Environment).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {kind} `{value}`: expected one of {}", .expected.join(", "))]
+pub struct UnknownValue {
+    /// What was being parsed, e.g. "client".
+    pub kind: &'static str,
+    /// The rejected input.
+    pub value: String,
+    /// The accepted names.
+    pub expected: &'static [&'static str],
+}

@@ -1,0 +1,91 @@
+//! Remote feature flags kept in memory: always readable, never blocking, never lost.
+//!
+//! # Motivation
+//!
+//! A service that reads feature flags from a remote API on every request could keep them in an
+//! `RwLock<HashMap<String, Value>>` and refresh it from a timer. Every read then takes a lock that
+//! the refresh contends for, every refresh blocks readers, an outage leaves either stale flags
+//! with no sign of it or none at all, and a restart begins with no flags until the network answers.
+//!
+//! flagpole keeps the flags in an immutable [`Snapshot`] published through an `ArcSwap`:
+//!
+//! - **Reads** ([`Flags::get_bool`] and friends) are synchronous, never await, never lock, and do
+//!   not allocate for scalars.
+//! - **One background poller** fetches on an interval (default one day), retries failures with
+//!   jittered exponential backoff, honours `Retry-After`, and runs at most one request at a time.
+//! - **Nothing is lost**: a failure never replaces good flags; the last good set is persisted in a
+//!   [`Store`] and served at the next start, with no request while it is fresh. The fallback order
+//!   is network, cache, the caller's defaults, then empty.
+//! - **Changes and health** are observable through `tokio::sync::watch` ([`Flags::subscribe`],
+//!   [`Flags::status_receiver`]).
+//! - **Privacy**: [`Flags::set_enabled`]`(false)` stops every request and serves defaults only;
+//!   the profile id is sent only as `user=`, never logged, and only hashed in the cache.
+//!
+//! The wire format is MetaMask's Client Config API:
+//! `GET {base}/flags?client=..&distribution=..&environment=..[&user=..]`, answering an array of
+//! single-key objects.
+//!
+//! # Quick start
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use flagpole::{Environment, FileStore, Flags};
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), flagpole::Error> {
+//! let flags = Flags::builder()
+//!     .environment(Environment::Prod)
+//!     .store(FileStore::new("/var/cache/myapp/flags.json"))
+//!     .default_flag("new-checkout", false)
+//!     .build()?;
+//! flags.wait_until_ready(Duration::from_secs(2)).await;
+//!
+//! if flags.get_bool_or("new-checkout", false) {
+//!     // ...
+//! }
+//! let mut changes = flags.subscribe();
+//! tokio::spawn(async move {
+//!     while changes.changed().await.is_ok() {
+//!         println!("flags now: {:?}", changes.borrow().names());
+//!     }
+//! });
+//! # Ok(()) }
+//! ```
+//!
+//! A runnable walk-through with an embedded fake API is `cargo run --example quickstart`.
+//!
+//! # Testing your own code
+//!
+//! The `test-util` feature adds `ScriptedTransport`, which answers from a script with no sockets,
+//! so tests can run on tokio's paused clock.
+
+#![warn(missing_docs, missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
+
+mod backoff;
+mod client;
+mod config;
+mod error;
+mod parse;
+mod poller;
+mod request;
+mod snapshot;
+mod status;
+mod store;
+mod transport;
+
+pub use client::Flags;
+pub use config::{
+    Client, Distribution, Environment, FlagsBuilder, DEFAULT_BACKOFF_INITIAL, DEFAULT_BACKOFF_MAX,
+    DEFAULT_BASE_URL, DEFAULT_FETCH_INTERVAL, DEFAULT_MAX_BODY_BYTES, DEFAULT_SCHEDULE_JITTER,
+    DEFAULT_TIMEOUT,
+};
+pub use error::{Error, UnknownValue};
+pub use snapshot::{Snapshot, Source};
+pub use status::Status;
+pub use store::{CacheRecord, FileStore, MemoryStore, Store};
+#[cfg(feature = "test-util")]
+pub use transport::{ScriptedResponse, ScriptedTransport};
+pub use transport::{BoxFuture, HttpTransport, Request, Response, Transport};
+
+/// Re-exported so that a [`Flags`] handle can be tied to an application's shutdown.
+pub use tokio_util::sync::CancellationToken;

@@ -1,0 +1,471 @@
+//! The background task that owns all I/O: store, schedule, fetch, backoff, refresh, shutdown.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use reqwest::Url;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::config::Config;
+use crate::error::Error;
+use crate::parse::{parse, RawFlags};
+use crate::request::{self, StatusClass};
+use crate::snapshot::{Remote, Snapshot, Source};
+use crate::status::Status;
+use crate::store::{CacheRecord, Store};
+use crate::transport::{BoxFuture, Transport};
+
+/// What the poller publishes and the handles read.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) current: ArcSwap<Snapshot>,
+    pub(crate) snapshots: watch::Sender<Arc<Snapshot>>,
+    pub(crate) status: watch::Sender<Status>,
+}
+
+pub(crate) type RefreshReply = oneshot::Sender<Result<Arc<Snapshot>, Error>>;
+
+/// Requests from the handles.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Refresh(RefreshReply),
+    SetEnabled(bool, oneshot::Sender<()>),
+}
+
+/// The last good remote flags.
+#[derive(Debug, Clone)]
+struct RemoteState {
+    flags: Arc<RawFlags>,
+    source: Source,
+    cache_timestamp: u64,
+    etag: Option<String>,
+}
+
+enum Outcome {
+    Fetched { flags: RawFlags, etag: Option<String> },
+    NotModified,
+    Failed { error: Error, retry_after: Option<Duration> },
+}
+
+enum Event {
+    Cancelled,
+    Fetched(Outcome),
+    Command(Option<Command>),
+    Due,
+}
+
+pub(crate) struct Poller {
+    config: Arc<Config>,
+    url: Url,
+    key: String,
+    transport: Arc<dyn Transport>,
+    store: Option<Arc<dyn Store>>,
+    shared: Arc<Shared>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    token: CancellationToken,
+    enabled: bool,
+    remote: Option<RemoteState>,
+    backoff: Backoff,
+    stale_since: Option<std::time::Instant>,
+    next_fetch: Option<Instant>,
+    in_flight: Option<BoxFuture<'static, Outcome>>,
+    /// Callers answered by the fetch in flight.
+    waiting: Vec<RefreshReply>,
+    /// Callers who asked after the fetch in flight started: they get the next one.
+    queued: Vec<RefreshReply>,
+}
+
+impl Poller {
+    pub(crate) fn new(
+        config: Arc<Config>,
+        transport: Arc<dyn Transport>,
+        store: Option<Arc<dyn Store>>,
+        shared: Arc<Shared>,
+        commands: mpsc::UnboundedReceiver<Command>,
+        token: CancellationToken,
+    ) -> Self {
+        Poller {
+            url: request::flags_url(&config),
+            key: config.cache_key(),
+            backoff: Backoff::new(config.backoff_initial, config.backoff_cap()),
+            enabled: config.enabled,
+            config,
+            transport,
+            store,
+            shared,
+            commands,
+            token,
+            remote: None,
+            stale_since: None,
+            next_fetch: None,
+            in_flight: None,
+            waiting: Vec::new(),
+            queued: Vec::new(),
+        }
+    }
+
+    pub(crate) async fn run(mut self) {
+        if self.start().await {
+            loop {
+                let due = self.next_fetch.filter(|_| self.enabled && self.in_flight.is_none());
+                let event = tokio::select! {
+                    biased;
+                    () = self.token.cancelled() => Event::Cancelled,
+                    outcome = in_flight(&mut self.in_flight) => Event::Fetched(outcome),
+                    command = self.commands.recv() => Event::Command(command),
+                    () = sleep_until(due) => Event::Due,
+                };
+                match event {
+                    Event::Cancelled | Event::Command(None) => break,
+                    Event::Fetched(outcome) => {
+                        self.in_flight = None;
+                        self.finish(outcome).await;
+                    }
+                    Event::Command(Some(command)) => self.handle(command),
+                    Event::Due => self.start_fetch(),
+                }
+            }
+        }
+        self.stop();
+    }
+
+    /// Loads the store and publishes what it holds. False when cancelled meanwhile.
+    async fn start(&mut self) -> bool {
+        if let Some(store) = self.store.clone() {
+            let loaded = tokio::select! {
+                () = self.token.cancelled() => return false,
+                loaded = tokio::task::spawn_blocking(move || store.load()) => loaded,
+            };
+            match loaded {
+                Ok(Ok(Some(record))) => self.adopt(record),
+                Ok(Ok(None)) => {}
+                Ok(Err(error)) => tracing::warn!(%error, "could not load the flag cache; starting without it"),
+                Err(error) => tracing::warn!(%error, "flag cache load panicked; starting without it"),
+            }
+        }
+        if !self.enabled {
+            self.set_status(Status::Disabled);
+            return true;
+        }
+        if let Some(remote) = &self.remote {
+            let age = age(remote.cache_timestamp);
+            if age < self.config.fetch_interval {
+                // A fresh cache is served without any request until it expires.
+                self.set_status(Status::Fresh);
+                self.next_fetch = Some(Instant::now() + (self.config.fetch_interval - age));
+                self.publish_remote();
+                return true;
+            }
+            self.publish_remote();
+        }
+        self.next_fetch = Some(Instant::now());
+        true
+    }
+
+    fn adopt(&mut self, record: CacheRecord) {
+        if record.version != CacheRecord::VERSION || record.key != self.key {
+            tracing::info!("ignoring a flag cache saved for other request parameters");
+            return;
+        }
+        tracing::debug!(flags = record.flags.len(), "loaded flag cache");
+        self.remote = Some(RemoteState {
+            flags: Arc::new(record.flags),
+            source: Source::Cache,
+            cache_timestamp: record.cache_timestamp,
+            etag: record.etag,
+        });
+    }
+
+    fn handle(&mut self, first: Command) {
+        // Drain what is already queued so that a burst of refresh calls shares one fetch.
+        let mut next = Some(first);
+        let mut asked = false;
+        while let Some(command) = next {
+            match command {
+                Command::Refresh(reply) if !self.enabled => {
+                    let _ = reply.send(Err(Error::Disabled));
+                }
+                Command::Refresh(reply) if self.in_flight.is_some() => self.queued.push(reply),
+                Command::Refresh(reply) => {
+                    self.waiting.push(reply);
+                    asked = true;
+                }
+                Command::SetEnabled(enabled, ack) => {
+                    self.set_enabled(enabled);
+                    let _ = ack.send(());
+                }
+            }
+            next = self.commands.try_recv().ok();
+        }
+        if asked && self.enabled && self.in_flight.is_none() {
+            self.start_fetch();
+        }
+    }
+
+    fn set_enabled(&mut self, enabled: bool) {
+        if enabled == self.enabled {
+            return;
+        }
+        self.enabled = enabled;
+        if !enabled {
+            // Dropping the future aborts the request: privacy means no request finishes later.
+            self.in_flight = None;
+            for reply in self.waiting.drain(..).chain(self.queued.drain(..)) {
+                let _ = reply.send(Err(Error::Disabled));
+            }
+            self.next_fetch = None;
+            self.publish(Snapshot::build(None, &self.config.defaults));
+            self.set_status(Status::Disabled);
+            tracing::info!("remote flags disabled; serving defaults only");
+            return;
+        }
+        tracing::info!("remote flags enabled");
+        self.backoff.reset();
+        self.stale_since = None;
+        let fresh_for = self.remote.as_ref().and_then(|r| {
+            self.config
+                .fetch_interval
+                .checked_sub(age(r.cache_timestamp))
+                .filter(|d| !d.is_zero())
+        });
+        if self.remote.is_some() {
+            self.publish_remote();
+        }
+        match fresh_for {
+            Some(remaining) => {
+                self.set_status(Status::Fresh);
+                self.next_fetch = Some(Instant::now() + remaining);
+            }
+            None => {
+                self.set_status(Status::Initializing);
+                self.next_fetch = Some(Instant::now());
+            }
+        }
+    }
+
+    fn start_fetch(&mut self) {
+        self.next_fetch = None;
+        let etag = self.remote.as_ref().and_then(|r| r.etag.as_deref());
+        let request = request::build(&self.config, &self.url, etag);
+        let had_etag = etag.is_some();
+        let send = self.transport.send(request);
+        let timeout = self.config.timeout;
+        self.in_flight = Some(Box::pin(async move {
+            let response = match tokio::time::timeout(timeout, send).await {
+                Err(_) => return failed(Error::Timeout { after: timeout }),
+                Ok(Err(Error::Timeout { .. })) => return failed(Error::Timeout { after: timeout }),
+                Ok(Err(error)) => return failed(error),
+                Ok(Ok(response)) => response,
+            };
+            match request::classify(response.status) {
+                StatusClass::Success => match parse(&response.body) {
+                    Ok(flags) => Outcome::Fetched {
+                        flags,
+                        etag: request::etag(&response.headers),
+                    },
+                    Err(error) => failed(error),
+                },
+                StatusClass::NotModified if had_etag => Outcome::NotModified,
+                _ => Outcome::Failed {
+                    error: Error::Http {
+                        status: response.status,
+                    },
+                    retry_after: request::retry_after(
+                        response.status,
+                        &response.headers,
+                        SystemTime::now(),
+                    ),
+                },
+            }
+        }));
+    }
+
+    async fn finish(&mut self, outcome: Outcome) {
+        let replies = std::mem::take(&mut self.waiting);
+        let result = match outcome {
+            Outcome::Fetched { flags, etag } => {
+                tracing::debug!(flags = flags.len(), "fetched flags");
+                self.remote = Some(RemoteState {
+                    flags: Arc::new(flags),
+                    source: Source::Network,
+                    cache_timestamp: now_ms(),
+                    etag,
+                });
+                Ok(self.succeeded())
+            }
+            Outcome::NotModified => {
+                tracing::debug!("flags not modified");
+                if let Some(remote) = &mut self.remote {
+                    remote.source = Source::Network;
+                    remote.cache_timestamp = now_ms();
+                }
+                Ok(self.succeeded())
+            }
+            Outcome::Failed { error, retry_after } => {
+                self.failed(&error, retry_after);
+                Err(error)
+            }
+        };
+        for reply in replies {
+            let _ = reply.send(result.clone());
+        }
+        if !self.queued.is_empty() {
+            self.waiting = std::mem::take(&mut self.queued);
+            self.start_fetch();
+        }
+        if result.is_ok() {
+            self.save().await;
+        }
+    }
+
+    fn succeeded(&mut self) -> Arc<Snapshot> {
+        self.backoff.reset();
+        self.stale_since = None;
+        let jitter = self.config.schedule_jitter * fastrand::f64();
+        self.next_fetch = Some(Instant::now() + self.config.fetch_interval.mul_f64(1.0 - jitter));
+        let snapshot = self.publish_remote();
+        self.set_status(Status::Fresh);
+        snapshot
+    }
+
+    fn failed(&mut self, error: &Error, retry_after: Option<Duration>) {
+        let first = self.backoff.attempt() == 0;
+        let mut delay = if error.is_permanent() {
+            // Retrying a 4xx soon cannot help: go straight to the cap.
+            if first {
+                tracing::error!(%error, "flag fetch rejected; retrying at the backoff cap");
+            }
+            self.backoff.next_at_cap()
+        } else {
+            tracing::warn!(%error, attempt = self.backoff.attempt() + 1, "flag fetch failed; serving the last good flags");
+            self.backoff.next().unwrap_or(self.config.backoff_cap())
+        };
+        if let Some(wait) = retry_after {
+            delay = delay.max(wait.min(self.config.fetch_interval));
+        }
+        tracing::debug!(delay_ms = delay.as_millis() as u64, "next flag fetch scheduled");
+        let next = Instant::now() + delay;
+        self.next_fetch = Some(next);
+        let since = *self
+            .stale_since
+            .get_or_insert_with(|| Instant::now().into_std());
+        self.set_status(Status::Stale {
+            since,
+            last_error: error.clone(),
+            next_retry: Some(next.into_std()),
+        });
+    }
+
+    async fn save(&mut self) {
+        let (Some(store), Some(remote)) = (self.store.clone(), &self.remote) else {
+            return;
+        };
+        let record = CacheRecord {
+            version: CacheRecord::VERSION,
+            key: self.key.clone(),
+            cache_timestamp: remote.cache_timestamp,
+            etag: remote.etag.clone(),
+            flags: RawFlags::clone(&remote.flags),
+        };
+        let saved = tokio::select! {
+            () = self.token.cancelled() => return,
+            saved = tokio::task::spawn_blocking(move || store.save(&record)) => saved,
+        };
+        match saved {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "could not save the flag cache; flags stay in memory"),
+            Err(error) => tracing::warn!(%error, "flag cache save panicked"),
+        }
+    }
+
+    fn publish_remote(&self) -> Arc<Snapshot> {
+        let remote = self.remote.as_ref().map(|r| Remote {
+            flags: &r.flags,
+            source: r.source,
+            cache_timestamp: r.cache_timestamp,
+            etag: r.etag.as_deref(),
+        });
+        self.publish(Snapshot::build(remote, &self.config.defaults))
+    }
+
+    fn publish(&self, snapshot: Snapshot) -> Arc<Snapshot> {
+        let snapshot = Arc::new(snapshot);
+        self.shared.current.store(Arc::clone(&snapshot));
+        // A fetch that changed nothing but the timestamp updates the value without waking anyone.
+        self.shared.snapshots.send_if_modified(|current| {
+            let changed = !current.same_content(&snapshot);
+            *current = Arc::clone(&snapshot);
+            changed
+        });
+        snapshot
+    }
+
+    fn set_status(&self, status: Status) {
+        self.shared.status.send_if_modified(|current| {
+            let changed = !matches!(
+                (&*current, &status),
+                (Status::Initializing, Status::Initializing)
+                    | (Status::Fresh, Status::Fresh)
+                    | (Status::Disabled, Status::Disabled)
+                    | (Status::Stopped, Status::Stopped)
+            );
+            if changed {
+                *current = status;
+            }
+            changed
+        });
+    }
+
+    fn stop(&mut self) {
+        self.in_flight = None;
+        self.commands.close();
+        let mut replies: Vec<_> = self.waiting.drain(..).chain(self.queued.drain(..)).collect();
+        while let Ok(command) = self.commands.try_recv() {
+            match command {
+                Command::Refresh(reply) => replies.push(reply),
+                Command::SetEnabled(_, ack) => drop(ack),
+            }
+        }
+        for reply in replies {
+            let _ = reply.send(Err(Error::Stopped));
+        }
+        self.set_status(Status::Stopped);
+        tracing::debug!("flag poller stopped");
+    }
+}
+
+fn failed(error: Error) -> Outcome {
+    Outcome::Failed {
+        error,
+        retry_after: None,
+    }
+}
+
+async fn in_flight(fetch: &mut Option<BoxFuture<'static, Outcome>>) -> Outcome {
+    match fetch {
+        Some(fetch) => fetch.await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// How old a timestamp is; a timestamp from the future counts as brand new.
+fn age(cache_timestamp: u64) -> Duration {
+    Duration::from_millis(now_ms().saturating_sub(cache_timestamp))
+}

@@ -1,0 +1,303 @@
+//! The immutable flag set that readers see.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+/// Where the flags of a [`Snapshot`] came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// A successful fetch in this process (a 200, or a 304 confirming the flags held).
+    Network,
+    /// The persisted cache, loaded at start.
+    Cache,
+    /// No remote flags: only the caller's defaults (possibly none).
+    Defaults,
+}
+
+impl Source {
+    /// `network`, `cache` or `defaults`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Source::Network => "network",
+            Source::Cache => "cache",
+            Source::Defaults => "defaults",
+        }
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One flag's value plus its string form, shared so that
+/// [`Flags::get_str`](crate::Flags::get_str) can hand it out without copying.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Flag {
+    pub(crate) value: Value,
+    pub(crate) text: Option<Arc<str>>,
+}
+
+impl Flag {
+    fn new(value: Value) -> Self {
+        let text = value.as_str().map(Arc::from);
+        Flag { value, text }
+    }
+}
+
+// foldhash: the map is built once per publish and read millions of times, so a fast hasher is
+// the right trade; keys come from the configured flag service, not from end users.
+pub(crate) type FlagMap = HashMap<Box<str>, Flag, foldhash::fast::RandomState>;
+
+/// An immutable, consistent view of every flag at one moment.
+///
+/// Snapshots are shared as `Arc<Snapshot>` and never change; a refresh publishes a new one. Hold
+/// one when several flags must agree with each other (one request, one view):
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let flags = flagpole::Flags::builder()
+///     .default_flag("checkout", "v2")
+///     .default_flag("max-items", 50)
+///     .enabled(false)
+///     .build()
+///     .unwrap();
+/// let view = flags.snapshot();
+/// assert_eq!(view.get_str("checkout"), Some("v2"));
+/// assert_eq!(view.get_i64("max-items"), Some(50));
+/// assert_eq!(view.source(), flagpole::Source::Defaults);
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Snapshot {
+    flags: FlagMap,
+    source: Source,
+    cache_timestamp: Option<u64>,
+    etag: Option<String>,
+}
+
+impl fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("source", &self.source)
+            .field("cache_timestamp", &self.cache_timestamp)
+            .field("etag", &self.etag)
+            .field("flags", &self.to_json())
+            .finish()
+    }
+}
+
+impl Default for Snapshot {
+    fn default() -> Self {
+        Snapshot {
+            flags: FlagMap::default(),
+            source: Source::Defaults,
+            cache_timestamp: None,
+            etag: None,
+        }
+    }
+}
+
+/// Remote flags with their provenance, as the poller holds them.
+#[derive(Debug, Clone)]
+pub(crate) struct Remote<'a> {
+    pub(crate) flags: &'a Map<String, Value>,
+    pub(crate) source: Source,
+    pub(crate) cache_timestamp: u64,
+    pub(crate) etag: Option<&'a str>,
+}
+
+impl Snapshot {
+    /// Defaults first, remote flags over them: defaults fill only the names the remote set lacks.
+    pub(crate) fn build(remote: Option<Remote<'_>>, defaults: &HashMap<String, Value>) -> Self {
+        let size = defaults.len() + remote.as_ref().map_or(0, |r| r.flags.len());
+        let mut flags = FlagMap::with_capacity_and_hasher(size, Default::default());
+        for (name, value) in defaults {
+            flags.insert(name.as_str().into(), Flag::new(value.clone()));
+        }
+        let Some(remote) = remote else {
+            return Snapshot {
+                flags,
+                ..Snapshot::default()
+            };
+        };
+        for (name, value) in remote.flags {
+            flags.insert(name.as_str().into(), Flag::new(value.clone()));
+        }
+        Snapshot {
+            flags,
+            source: remote.source,
+            cache_timestamp: Some(remote.cache_timestamp),
+            etag: remote.etag.map(str::to_owned),
+        }
+    }
+
+    /// True when a subscriber would see no difference: same values, same source. The timestamp
+    /// and etag are bookkeeping and do not count.
+    pub(crate) fn same_content(&self, other: &Snapshot) -> bool {
+        self.source == other.source && self.flags == other.flags
+    }
+
+    pub(crate) fn flag(&self, name: &str) -> Option<&Flag> {
+        self.flags.get(name)
+    }
+
+    /// The flag's JSON value.
+    pub fn get(&self, name: &str) -> Option<&Value> {
+        self.flags.get(name).map(|f| &f.value)
+    }
+
+    /// The flag as a boolean; `None` when absent or not a boolean.
+    pub fn get_bool(&self, name: &str) -> Option<bool> {
+        self.get(name)?.as_bool()
+    }
+
+    /// The flag as an integer; `None` when absent, not a number, fractional or out of range.
+    pub fn get_i64(&self, name: &str) -> Option<i64> {
+        self.get(name)?.as_i64()
+    }
+
+    /// The flag as a float (integers convert); `None` when absent or not a number.
+    pub fn get_f64(&self, name: &str) -> Option<f64> {
+        self.get(name)?.as_f64()
+    }
+
+    /// The flag as a string slice, borrowed from the snapshot; `None` when absent or not a string.
+    pub fn get_str(&self, name: &str) -> Option<&str> {
+        self.get(name)?.as_str()
+    }
+
+    /// The flag deserialized into `T`; `None` when absent or of another shape.
+    pub fn get_as<T: DeserializeOwned>(&self, name: &str) -> Option<T> {
+        T::deserialize(self.get(name)?).ok()
+    }
+
+    /// Whether a flag of this name is served (from remote or defaults).
+    pub fn contains(&self, name: &str) -> bool {
+        self.flags.contains_key(name)
+    }
+
+    /// Every flag name, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.flags.keys().map(|k| &**k).collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// Every flag, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> + '_ {
+        self.flags.iter().map(|(k, f)| (&**k, &f.value))
+    }
+
+    /// How many flags are served.
+    pub fn len(&self) -> usize {
+        self.flags.len()
+    }
+
+    /// True when no flag is served at all.
+    pub fn is_empty(&self) -> bool {
+        self.flags.is_empty()
+    }
+
+    /// Where the flags came from.
+    pub fn source(&self) -> Source {
+        self.source
+    }
+
+    /// When the remote flags were last fetched successfully, in milliseconds since the Unix epoch;
+    /// `None` when only defaults are served.
+    pub fn cache_timestamp(&self) -> Option<u64> {
+        self.cache_timestamp
+    }
+
+    /// The entity tag of the remote flags, if the server sent one.
+    pub fn etag(&self) -> Option<&str> {
+        self.etag.as_deref()
+    }
+
+    /// All flags as one JSON object, keys sorted.
+    pub fn to_json(&self) -> Map<String, Value> {
+        self.flags
+            .iter()
+            .map(|(k, f)| (k.to_string(), f.value.clone()))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn remote(flags: &Map<String, Value>) -> Remote<'_> {
+        Remote {
+            flags,
+            source: Source::Network,
+            cache_timestamp: 42,
+            etag: Some("\"e\""),
+        }
+    }
+
+    fn map(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn typed_reads_and_wrong_types() {
+        let flags = map(json!({"b": true, "i": 7, "f": 2.5, "s": "on", "o": {"k": [1, 2]}, "big": 1e300}));
+        let s = Snapshot::build(Some(remote(&flags)), &HashMap::new());
+        assert_eq!(s.get_bool("b"), Some(true));
+        assert_eq!(s.get_i64("i"), Some(7));
+        assert_eq!(s.get_f64("i"), Some(7.0));
+        assert_eq!(s.get_f64("f"), Some(2.5));
+        assert_eq!(s.get_i64("f"), None);
+        assert_eq!(s.get_i64("big"), None);
+        assert_eq!(s.get_str("s"), Some("on"));
+        assert_eq!(s.get_bool("s"), None);
+        assert_eq!(s.get_str("b"), None);
+        assert_eq!(s.get_as::<HashMap<String, Vec<u8>>>("o").unwrap()["k"], vec![1, 2]);
+        assert_eq!(s.get_as::<u8>("s"), None);
+        assert_eq!(s.get("missing"), None);
+        assert_eq!(s.names(), vec!["b", "big", "f", "i", "o", "s"]);
+        assert_eq!(s.source(), Source::Network);
+        assert_eq!(s.cache_timestamp(), Some(42));
+        assert_eq!(s.etag(), Some("\"e\""));
+    }
+
+    #[test]
+    fn defaults_fill_only_missing_names() {
+        let flags = map(json!({"a": 1}));
+        let defaults: HashMap<String, Value> =
+            [("a".into(), json!(0)), ("b".into(), json!("d"))].into();
+        let s = Snapshot::build(Some(remote(&flags)), &defaults);
+        assert_eq!(s.get_i64("a"), Some(1));
+        assert_eq!(s.get_str("b"), Some("d"));
+        let s = Snapshot::build(None, &defaults);
+        assert_eq!(s.get_i64("a"), Some(0));
+        assert_eq!(s.source(), Source::Defaults);
+        assert_eq!(s.cache_timestamp(), None);
+        let s = Snapshot::build(None, &HashMap::new());
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn same_content_ignores_timestamp_not_source() {
+        let flags = map(json!({"a": 1}));
+        let a = Snapshot::build(Some(remote(&flags)), &HashMap::new());
+        let mut r = remote(&flags);
+        r.cache_timestamp = 99;
+        r.etag = None;
+        assert!(a.same_content(&Snapshot::build(Some(r.clone()), &HashMap::new())));
+        r.source = Source::Cache;
+        assert!(!a.same_content(&Snapshot::build(Some(r), &HashMap::new())));
+        let other = map(json!({"a": 2}));
+        assert!(!a.same_content(&Snapshot::build(Some(remote(&other)), &HashMap::new())));
+    }
+}

@@ -1,0 +1,79 @@
+//! The seam between the poller and HTTP.
+//!
+//! The poller never touches sockets itself: it hands a [`Request`] to a [`Transport`] and gets a
+//! [`Response`] (or an [`Error`]) back. [`HttpTransport`] is the real one. With the `test-util`
+//! feature, `ScriptedTransport` replays canned answers with no sockets at all, which is what makes
+//! time-based tests deterministic under tokio's paused clock.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use reqwest::header::HeaderMap;
+use reqwest::Url;
+
+use crate::error::Error;
+
+mod http;
+#[cfg(feature = "test-util")]
+mod scripted;
+
+pub use http::HttpTransport;
+#[cfg(feature = "test-util")]
+pub use scripted::{ScriptedResponse, ScriptedTransport};
+
+/// A boxed, sendable future, as returned by [`Transport::send`].
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// One GET request for the flag set.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Request {
+    /// The full URL, query included.
+    pub url: Url,
+    /// Headers to send (`Accept`, and `If-None-Match` when an etag is known).
+    pub headers: HeaderMap,
+    /// The largest body to accept; a transport must stop reading past it and fail with
+    /// [`Error::TooLarge`].
+    pub max_body_bytes: usize,
+    /// The caller's limit for the whole request. The poller enforces it around
+    /// [`Transport::send`]; a transport may use it for its own connect timeout.
+    pub timeout: Duration,
+}
+
+/// What the server answered: any status (the poller classifies it), headers, and the whole body.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Response {
+    /// The HTTP status code.
+    pub status: u16,
+    /// The response headers (`ETag`, `Retry-After` are read).
+    pub headers: HeaderMap,
+    /// The body, at most `max_body_bytes` long.
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// A response from its parts.
+    pub fn new(status: u16, headers: HeaderMap, body: Vec<u8>) -> Self {
+        Response {
+            status,
+            headers,
+            body,
+        }
+    }
+}
+
+/// Sends one request. Implement it to put flagpole on another HTTP stack; the poller calls it
+/// at most once at a time.
+///
+/// Errors should be [`Error::Connect`] for network failures, [`Error::TooLarge`] for an oversized
+/// body and [`Error::Timeout`] for a transport's own timeouts; statuses are not errors here.
+pub trait Transport: Send + Sync + 'static {
+    /// Sends `request` and reads the whole body.
+    ///
+    /// # Cancellation safety
+    /// The future may be dropped at any await point (shutdown, timeout, disable); it must leave
+    /// nothing behind that needs cleaning up.
+    fn send(&self, request: Request) -> BoxFuture<'static, Result<Response, Error>>;
+}
