@@ -71,6 +71,8 @@ pub(crate) struct Poller {
     remote: Option<RemoteState>,
     backoff: Backoff,
     stale_since: Option<std::time::Instant>,
+    /// A rejected request (4xx) was logged at error level in this failure streak.
+    rejection_logged: bool,
     next_fetch: Option<Instant>,
     in_flight: Option<BoxFuture<'static, Outcome>>,
     /// Callers answered by the fetch in flight.
@@ -101,6 +103,7 @@ impl Poller {
             token,
             remote: None,
             stale_since: None,
+            rejection_logged: false,
             next_fetch: None,
             in_flight: None,
             waiting: Vec::new(),
@@ -324,6 +327,7 @@ impl Poller {
 
     fn succeeded(&mut self) -> Arc<Snapshot> {
         self.backoff.reset();
+        self.rejection_logged = false;
         self.stale_since = None;
         let jitter = self.config.schedule_jitter * fastrand::f64();
         self.next_fetch = Some(Instant::now() + self.config.fetch_interval.mul_f64(1.0 - jitter));
@@ -333,11 +337,12 @@ impl Poller {
     }
 
     fn failed(&mut self, error: &Error, retry_after: Option<Duration>) {
-        let first = self.backoff.attempt() == 0;
         let mut delay = if error.is_permanent() {
-            // Retrying a 4xx soon cannot help: go straight to the cap.
-            if first {
+            // Retrying a 4xx soon cannot help: go straight to the cap, and say so once.
+            if !std::mem::replace(&mut self.rejection_logged, true) {
                 tracing::error!(%error, "flag fetch rejected; retrying at the backoff cap");
+            } else {
+                tracing::debug!(%error, "flag fetch rejected again");
             }
             self.backoff.next_at_cap()
         } else {

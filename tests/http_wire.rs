@@ -17,7 +17,9 @@ use flagpole::{
 };
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use wiremock::matchers::{any, header, header_exists, method, path, query_param, query_param_is_missing};
+use wiremock::matchers::{
+    any, header, header_exists, method, path, query_param, query_param_is_missing,
+};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -59,7 +61,10 @@ fn json_200(body: Value) -> ResponseTemplate {
 
 /// Mounts a catch-all mock answering `template`.
 async fn serve(server: &MockServer, template: ResponseTemplate) {
-    Mock::given(any()).respond_with(template).mount(server).await;
+    Mock::given(any())
+        .respond_with(template)
+        .mount(server)
+        .await;
 }
 
 /// Replaces every mock (and the request log) with a catch-all answering `template`.
@@ -296,9 +301,16 @@ async fn empty_array_is_a_valid_empty_set_from_the_network() {
     serve(&server, json_200(json!([]))).await;
     let flags = builder(&server.uri()).build().unwrap();
     assert!(flags.wait_until_ready(WAIT).await, "an empty set is ready");
-    assert!(matches!(flags.status(), Status::Fresh), "{:?}", flags.status());
+    assert!(
+        matches!(flags.status(), Status::Fresh),
+        "{:?}",
+        flags.status()
+    );
 
-    let snapshot = flags.refresh().await.expect("an empty array is not a failure");
+    let snapshot = flags
+        .refresh()
+        .await
+        .expect("an empty array is not a failure");
     assert_eq!(snapshot.source(), Source::Network);
     assert!(snapshot.is_empty());
     assert!(snapshot.cache_timestamp().is_some());
@@ -331,7 +343,10 @@ async fn http_errors_are_typed_and_keep_the_last_good_flags() {
     assert_eq!(flags.snapshot().cache_timestamp(), good_timestamp);
     match flags.status() {
         Status::Stale { last_error, .. } => {
-            assert!(matches!(last_error, Error::Http { status: 500 }), "{last_error:?}")
+            assert!(
+                matches!(last_error, Error::Http { status: 500 }),
+                "{last_error:?}"
+            )
         }
         other => panic!("expected stale, got {other:?}"),
     }
@@ -416,7 +431,10 @@ async fn etag_is_sent_back_and_304_keeps_the_flags() {
     assert_eq!(seen.len(), 2);
     assert!(seen[0].headers.get("if-none-match").is_none());
     assert_eq!(
-        seen[1].headers.get("if-none-match").and_then(|v| v.to_str().ok()),
+        seen[1]
+            .headers
+            .get("if-none-match")
+            .and_then(|v| v.to_str().ok()),
         Some("\"abc\"")
     );
     server.verify().await;
@@ -426,10 +444,7 @@ async fn etag_is_sent_back_and_304_keeps_the_flags() {
 async fn unexpected_304_without_an_etag_is_an_error() {
     let server = MockServer::start().await;
     serve(&server, ResponseTemplate::new(304)).await;
-    let flags = builder(&server.uri())
-        .default_flag("d", 1)
-        .build()
-        .unwrap();
+    let flags = builder(&server.uri()).default_flag("d", 1).build().unwrap();
     let status = settle(&flags).await;
     assert!(
         matches!(status.last_error(), Some(Error::Http { status: 304 })),
@@ -440,7 +455,9 @@ async fn unexpected_304_without_an_etag_is_an_error() {
     assert_eq!(flags.snapshot().source(), Source::Defaults);
     assert_eq!(flags.get_i64("d"), Some(1));
     let seen = requests(&server).await;
-    assert!(seen.iter().all(|r| !r.headers.contains_key("if-none-match")));
+    assert!(seen
+        .iter()
+        .all(|r| !r.headers.contains_key("if-none-match")));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -559,7 +576,10 @@ async fn chunked_body_over_the_limit_is_too_large() {
     assert!(flags.wait_until_ready(WAIT).await);
     assert_good_flags(&flags);
 
-    let err = flags.refresh().await.expect_err("4 KB chunked is over 1 KB");
+    let err = flags
+        .refresh()
+        .await
+        .expect_err("4 KB chunked is over 1 KB");
     assert!(matches!(err, Error::TooLarge { limit: 1024 }), "{err:?}");
     assert_good_flags(&flags);
     assert_eq!(flags.snapshot().source(), Source::Network);
@@ -650,7 +670,10 @@ async fn slow_server_is_a_timeout() {
     let started = Instant::now();
     let err = flags.refresh().await.expect_err("the server is too slow");
     let took = started.elapsed();
-    assert!(matches!(err, Error::Timeout { after } if after == timeout), "{err:?}");
+    assert!(
+        matches!(err, Error::Timeout { after } if after == timeout),
+        "{err:?}"
+    );
     assert!(err.is_timeout());
     assert!(took >= Duration::from_millis(150), "took {took:?}");
     assert!(took < Duration::from_secs(3), "took {took:?}");
@@ -687,7 +710,10 @@ async fn corrupt_cache_file_is_ignored_and_overwritten() {
         Value::Object(record.flags),
         json!({"a": true, "n": 7, "s": "x"})
     );
-    assert_eq!(Some(record.cache_timestamp), flags.snapshot().cache_timestamp());
+    assert_eq!(
+        Some(record.cache_timestamp),
+        flags.snapshot().cache_timestamp()
+    );
     flags.shutdown().await;
 }
 
@@ -891,7 +917,10 @@ async fn profile_id_is_never_logged_nor_in_errors_nor_in_the_cache_file() {
     assert!(captured.contains("fetched flags"), "{captured}");
     assert!(captured.contains("HTTP 500"), "{captured}");
     assert!(captured.contains("could not reach"), "{captured}");
-    assert!(!captured.contains(SECRET), "the profile id was logged:\n{captured}");
+    assert!(
+        !captured.contains(SECRET),
+        "the profile id was logged:\n{captured}"
+    );
 
     for text in &texts {
         assert!(!text.contains(SECRET), "the profile id leaked into: {text}");
@@ -899,7 +928,10 @@ async fn profile_id_is_never_logged_nor_in_errors_nor_in_the_cache_file() {
 
     let saved = std::fs::read_to_string(&file).unwrap();
     assert!(saved.contains("\"a\":true"), "{saved}");
-    assert!(!saved.contains(SECRET), "the cache file holds the id: {saved}");
+    assert!(
+        !saved.contains(SECRET),
+        "the cache file holds the id: {saved}"
+    );
 }
 
 #[tokio::test]
@@ -914,7 +946,10 @@ async fn user_agent_is_flagpole_and_no_conditional_header_without_an_etag() {
     serve(&server, json_200(good_flags())).await;
     let flags = builder(&server.uri()).build().unwrap();
     assert!(flags.wait_until_ready(WAIT).await);
-    flags.refresh().await.expect("no etag, no conditional request");
+    flags
+        .refresh()
+        .await
+        .expect("no etag, no conditional request");
     let seen = requests(&server).await;
     assert_eq!(seen.len(), 2);
     for request in &seen {
