@@ -144,7 +144,10 @@ impl Config {
     /// Identifies the request a cache record answers. The profile id enters only as a hash, so
     /// the cache file never holds it.
     pub(crate) fn cache_key(&self) -> String {
-        let profile = self.profile_id.as_deref().map_or_else(|| "-".to_owned(), hash_id);
+        let profile = self
+            .profile_id
+            .as_deref()
+            .map_or_else(|| "-".to_owned(), hash_id);
         format!(
             "{}|{}|{}|{}|user:{}|version:{}",
             self.base_url.as_str().trim_end_matches('/'),
@@ -220,7 +223,10 @@ impl fmt::Debug for FlagsBuilder {
             .field("client", &self.client)
             .field("distribution", &self.distribution)
             .field("environment", &self.environment)
-            .field("profile_id", &self.profile_id.as_ref().map(|_| "<redacted>"))
+            .field(
+                "profile_id",
+                &self.profile_id.as_ref().map(|_| "<redacted>"),
+            )
             .field("fetch_interval", &self.fetch_interval)
             .field("enabled", &self.enabled)
             .finish_non_exhaustive()
@@ -374,7 +380,10 @@ impl FlagsBuilder {
     }
 
     /// Replaces HTTP altogether, e.g. with a
-    #[cfg_attr(feature = "test-util", doc = "[`ScriptedTransport`](crate::ScriptedTransport)")]
+    #[cfg_attr(
+        feature = "test-util",
+        doc = "[`ScriptedTransport`](crate::ScriptedTransport)"
+    )]
     #[cfg_attr(not(feature = "test-util"), doc = "`ScriptedTransport`")]
     /// in tests.
     pub fn transport(mut self, transport: impl Transport) -> Self {
@@ -391,7 +400,9 @@ impl FlagsBuilder {
     pub fn build(self) -> Result<Flags, Error> {
         let config = self.validate()?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
-            Error::config("build() must be called inside a tokio runtime (the poller is spawned on it)")
+            Error::config(
+                "build() must be called inside a tokio runtime (the poller is spawned on it)",
+            )
         })?;
         let transport = match self.transport {
             Some(t) => t,
@@ -499,20 +510,31 @@ mod tests {
 
     #[test]
     fn serde_uses_wire_names() {
-        assert_eq!(serde_json::to_string(&Distribution::Flask).unwrap(), "\"flask\"");
+        assert_eq!(
+            serde_json::to_string(&Distribution::Flask).unwrap(),
+            "\"flask\""
+        );
         assert_eq!(
             serde_json::from_str::<Environment>("\"rc\"").unwrap(),
             Environment::Rc
         );
         let err = serde_json::from_str::<Client>("\"web\"").unwrap_err();
-        assert!(err.to_string().contains("expected one of extension, mobile"));
+        assert!(err
+            .to_string()
+            .contains("expected one of extension, mobile"));
     }
 
     #[test]
     fn base_url_validation() {
         assert!(parse_base_url("https://example.com/v1").is_ok());
         assert!(parse_base_url("http://127.0.0.1:8080").is_ok());
-        for bad in ["", "not a url", "ftp://example.com", "mailto:a@b.c", "https://"] {
+        for bad in [
+            "",
+            "not a url",
+            "ftp://example.com",
+            "mailto:a@b.c",
+            "https://",
+        ] {
             let err = parse_base_url(bad).unwrap_err();
             assert!(matches!(err, Error::Config { .. }), "{bad}: {err}");
         }
@@ -521,7 +543,10 @@ mod tests {
     #[test]
     fn build_rejects_bad_settings() {
         let cases: Vec<(&str, FlagsBuilder)> = vec![
-            ("zero interval", Flags::builder().fetch_interval(Duration::ZERO)),
+            (
+                "zero interval",
+                Flags::builder().fetch_interval(Duration::ZERO),
+            ),
             ("zero timeout", Flags::builder().timeout(Duration::ZERO)),
             ("bad url", Flags::builder().base_url("nope")),
             ("jitter", Flags::builder().schedule_jitter(1.5)),

@@ -28,7 +28,7 @@ pub enum Error {
         after: Duration,
     },
     /// The connection failed: refused, reset, DNS, TLS, a redirect loop or a broken body stream.
-    #[error("could not reach the flag service: {source}")]
+    #[error("could not reach the flag service: {}", chain(&**.source))]
     Connect {
         /// The underlying transport error.
         source: Source,
@@ -46,7 +46,7 @@ pub enum Error {
         limit: usize,
     },
     /// The cache store could not be read or written.
-    #[error("flag cache store failed: {source}")]
+    #[error("flag cache store failed: {}", chain(&**.source))]
     Store {
         /// The underlying I/O or encoding error.
         source: Source,
@@ -63,6 +63,22 @@ pub enum Error {
     /// The poller has stopped (shutdown, cancellation, or every handle dropped).
     #[error("the flag poller has stopped")]
     Stopped,
+}
+
+/// The error and its sources, outermost first: "error sending request: connection refused".
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut next = error.source();
+    while let Some(source) = next {
+        let part = source.to_string();
+        // Some errors repeat their source in their own message.
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        next = source.source();
+    }
+    text
 }
 
 impl Error {

@@ -59,7 +59,12 @@
 //! The `test-util` feature adds `ScriptedTransport`, which answers from a script with no sockets,
 //! so tests can run on tokio's paused clock.
 
-#![warn(missing_docs, missing_debug_implementations, rust_2018_idioms, unreachable_pub)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    rust_2018_idioms,
+    unreachable_pub
+)]
 
 mod backoff;
 mod client;
@@ -83,9 +88,9 @@ pub use error::{Error, UnknownValue};
 pub use snapshot::{Snapshot, Source};
 pub use status::Status;
 pub use store::{CacheRecord, FileStore, MemoryStore, Store};
+pub use transport::{BoxFuture, HttpTransport, Request, Response, Transport};
 #[cfg(feature = "test-util")]
 pub use transport::{ScriptedResponse, ScriptedTransport};
-pub use transport::{BoxFuture, HttpTransport, Request, Response, Transport};
 
 /// Re-exported so that a [`Flags`] handle can be tied to an application's shutdown.
 pub use tokio_util::sync::CancellationToken;

@@ -84,7 +84,10 @@ mod tests {
 
     #[test]
     fn multi_key_items_spread_in_order() {
-        assert_eq!(ok(r#"[{"a": 1, "b": 2}, {"b": 3}, {}]"#), json!({"a": 1, "b": 3}));
+        assert_eq!(
+            ok(r#"[{"a": 1, "b": 2}, {"b": 3}, {}]"#),
+            json!({"a": 1, "b": 3})
+        );
     }
 
     #[test]
@@ -96,8 +99,13 @@ mod tests {
 
     #[test]
     fn every_value_type_survives() {
-        let v = ok(r#"[{"b": true}, {"i": -3}, {"f": 0.1}, {"s": "str"}, {"n": null}, {"o": {"k": [1]}}]"#);
-        assert_eq!(v, json!({"b": true, "i": -3, "f": 0.1, "s": "str", "n": null, "o": {"k": [1]}}));
+        let v = ok(
+            r#"[{"b": true}, {"i": -3}, {"f": 0.1}, {"s": "str"}, {"n": null}, {"o": {"k": [1]}}]"#,
+        );
+        assert_eq!(
+            v,
+            json!({"b": true, "i": -3, "f": 0.1, "s": "str", "n": null, "o": {"k": [1]}})
+        );
     }
 
     #[test]

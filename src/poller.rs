@@ -46,9 +46,15 @@ struct RemoteState {
 }
 
 enum Outcome {
-    Fetched { flags: RawFlags, etag: Option<String> },
+    Fetched {
+        flags: RawFlags,
+        etag: Option<String>,
+    },
     NotModified,
-    Failed { error: Error, retry_after: Option<Duration> },
+    Failed {
+        error: Error,
+        retry_after: Option<Duration>,
+    },
 }
 
 enum Event {
@@ -114,7 +120,9 @@ impl Poller {
     pub(crate) async fn run(mut self) {
         if self.start().await {
             loop {
-                let due = self.next_fetch.filter(|_| self.enabled && self.in_flight.is_none());
+                let due = self
+                    .next_fetch
+                    .filter(|_| self.enabled && self.in_flight.is_none());
                 let event = tokio::select! {
                     biased;
                     () = self.token.cancelled() => Event::Cancelled,
@@ -146,8 +154,12 @@ impl Poller {
             match loaded {
                 Ok(Ok(Some(record))) => self.adopt(record),
                 Ok(Ok(None)) => {}
-                Ok(Err(error)) => tracing::warn!(%error, "could not load the flag cache; starting without it"),
-                Err(error) => tracing::warn!(%error, "flag cache load panicked; starting without it"),
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "could not load the flag cache; starting without it")
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "flag cache load panicked; starting without it")
+                }
             }
         }
         if !self.enabled {
@@ -352,7 +364,10 @@ impl Poller {
         if let Some(wait) = retry_after {
             delay = delay.max(wait.min(self.config.fetch_interval));
         }
-        tracing::debug!(delay_ms = delay.as_millis() as u64, "next flag fetch scheduled");
+        tracing::debug!(
+            delay_ms = delay.as_millis() as u64,
+            "next flag fetch scheduled"
+        );
         let next = Instant::now() + delay;
         self.next_fetch = Some(next);
         let since = *self
@@ -382,7 +397,9 @@ impl Poller {
         };
         match saved {
             Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::warn!(%error, "could not save the flag cache; flags stay in memory"),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "could not save the flag cache; flags stay in memory")
+            }
             Err(error) => tracing::warn!(%error, "flag cache save panicked"),
         }
     }
@@ -428,7 +445,11 @@ impl Poller {
     fn stop(&mut self) {
         self.in_flight = None;
         self.commands.close();
-        let mut replies: Vec<_> = self.waiting.drain(..).chain(self.queued.drain(..)).collect();
+        let mut replies: Vec<_> = self
+            .waiting
+            .drain(..)
+            .chain(self.queued.drain(..))
+            .collect();
         while let Ok(command) = self.commands.try_recv() {
             match command {
                 Command::Refresh(reply) => replies.push(reply),

@@ -251,7 +251,8 @@ mod tests {
 
     #[test]
     fn typed_reads_and_wrong_types() {
-        let flags = map(json!({"b": true, "i": 7, "f": 2.5, "s": "on", "o": {"k": [1, 2]}, "big": 1e300}));
+        let flags =
+            map(json!({"b": true, "i": 7, "f": 2.5, "s": "on", "o": {"k": [1, 2]}, "big": 1e300}));
         let s = Snapshot::build(Some(remote(&flags)), &HashMap::new());
         assert_eq!(s.get_bool("b"), Some(true));
         assert_eq!(s.get_i64("i"), Some(7));
@@ -262,7 +263,10 @@ mod tests {
         assert_eq!(s.get_str("s"), Some("on"));
         assert_eq!(s.get_bool("s"), None);
         assert_eq!(s.get_str("b"), None);
-        assert_eq!(s.get_as::<HashMap<String, Vec<u8>>>("o").unwrap()["k"], vec![1, 2]);
+        assert_eq!(
+            s.get_as::<HashMap<String, Vec<u8>>>("o").unwrap()["k"],
+            vec![1, 2]
+        );
         assert_eq!(s.get_as::<u8>("s"), None);
         assert_eq!(s.get("missing"), None);
         assert_eq!(s.names(), vec!["b", "big", "f", "i", "o", "s"]);

@@ -175,7 +175,10 @@ impl MemoryStore {
 
     /// The record held now.
     pub fn get(&self) -> Option<CacheRecord> {
-        self.record.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.record
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Replaces the record held, e.g. to start a test from a stale cache.
@@ -236,7 +239,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("flags.json");
         let store = FileStore::new(&path);
-        for bad in [&b"{not json"[..], b"", b"[]", b"{\"version\":1}", b"\xff\xfe"] {
+        for bad in [
+            &b"{not json"[..],
+            b"",
+            b"[]",
+            b"{\"version\":1}",
+            b"\xff\xfe",
+        ] {
             fs::write(&path, bad).unwrap();
             assert_eq!(store.load().unwrap(), None);
         }
@@ -254,7 +263,11 @@ mod tests {
         store.save(&record()).unwrap();
         // A crash mid-write leaves only a partial temporary file; the target is untouched.
         let full = fs::read(&path).unwrap();
-        fs::write(dir.path().join(".flags.json.1.0.tmp"), &full[..full.len() / 2]).unwrap();
+        fs::write(
+            dir.path().join(".flags.json.1.0.tmp"),
+            &full[..full.len() / 2],
+        )
+        .unwrap();
         assert_eq!(store.load().unwrap(), Some(record()));
         // A target truncated by other means is a warning, not a crash.
         fs::write(&path, &full[..full.len() / 2]).unwrap();

@@ -1,0 +1,177 @@
+//! Command-line arguments: every option also reads `FLAGPOLE_<OPTION>` from the environment.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use flagpole::{Client, Distribution, Environment};
+use serde_json::Value;
+
+/// Keeps remote feature flags in memory; this command shows them to operators and scripts.
+///
+/// Output is JSON on stdout; logs go to stderr.
+#[derive(Debug, Parser)]
+#[command(name = "flagpole", version, propagate_version = true)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+
+    #[command(flatten)]
+    pub(crate) common: Common,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Print the flags once as one JSON object: {"source", "cache_timestamp", "flags", "error"}.
+    ///
+    /// A fresh matching cache is served without a request unless --refresh; otherwise one
+    /// attempt (no retries), then fallback to the cache, the defaults, or {}. Exits 0 whenever
+    /// flags are served.
+    Get {
+        /// Fetch even when the cache is fresh.
+        #[arg(long, env = "FLAGPOLE_REFRESH")]
+        refresh: bool,
+    },
+    /// Run the poller and print JSON lines: snapshot, status and refresh events.
+    ///
+    /// Reads commands from stdin, one per line: refresh, enable, disable, quit. SIGINT, SIGTERM
+    /// or quit stop it; the last line is the "stopped" status.
+    Watch,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("`{s}` is not a duration like 30s, 15m or 1d: {e}"))
+}
+
+/// `NAME=JSON`.
+fn parse_default(s: &str) -> Result<(String, Value), String> {
+    let (name, json) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` is not NAME=JSON"))?;
+    if name.is_empty() {
+        return Err(format!("`{s}` has an empty flag name"));
+    }
+    let value = serde_json::from_str(json).map_err(|e| {
+        format!("the value of `{name}` is not JSON ({e}); quote strings: {name}='\"text\"'")
+    })?;
+    Ok((name.to_owned(), value))
+}
+
+/// Options shared by every subcommand; accepted before or after it.
+#[derive(Debug, Args)]
+pub(crate) struct Common {
+    /// API root; /flags is appended.
+    #[arg(long, global = true, env = "FLAGPOLE_BASE_URL", default_value = flagpole::DEFAULT_BASE_URL)]
+    pub(crate) base_url: String,
+
+    /// Which app asks: extension or mobile.
+    #[arg(
+        long,
+        global = true,
+        env = "FLAGPOLE_CLIENT",
+        default_value = "extension"
+    )]
+    pub(crate) client: Client,
+
+    /// Which build: main or flask.
+    #[arg(
+        long,
+        global = true,
+        env = "FLAGPOLE_DISTRIBUTION",
+        default_value = "main"
+    )]
+    pub(crate) distribution: Distribution,
+
+    /// Which environment: prod, rc or dev.
+    #[arg(
+        long,
+        global = true,
+        env = "FLAGPOLE_ENVIRONMENT",
+        default_value = "prod"
+    )]
+    pub(crate) environment: Environment,
+
+    /// Profile id, sent as user= (never printed or logged). [default: none]
+    #[arg(
+        long,
+        global = true,
+        env = "FLAGPOLE_PROFILE_ID",
+        hide_env_values = true
+    )]
+    pub(crate) profile_id: Option<String>,
+
+    /// The app version; a cache saved by another version is not used. [default: none]
+    #[arg(long, global = true, env = "FLAGPOLE_CLIENT_VERSION")]
+    pub(crate) client_version: Option<String>,
+
+    /// How long fetched flags stay fresh.
+    #[arg(long, global = true, env = "FLAGPOLE_FETCH_INTERVAL", default_value = "1d", value_parser = parse_duration)]
+    pub(crate) fetch_interval: Duration,
+
+    /// Limit on one whole request.
+    #[arg(long, global = true, env = "FLAGPOLE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub(crate) timeout: Duration,
+
+    /// First retry delay after a failure (watch).
+    #[arg(long, global = true, env = "FLAGPOLE_BACKOFF_INITIAL", default_value = "1s", value_parser = parse_duration)]
+    pub(crate) backoff_initial: Duration,
+
+    /// Retry delay cap (watch); the fetch interval caps it too.
+    #[arg(long, global = true, env = "FLAGPOLE_BACKOFF_MAX", default_value = "5m", value_parser = parse_duration)]
+    pub(crate) backoff_max: Duration,
+
+    /// Cache file. [default: <platform cache dir>/flagpole/<client>-<distribution>-<environment>.json]
+    #[arg(long, global = true, env = "FLAGPOLE_CACHE_FILE")]
+    pub(crate) cache_file: Option<PathBuf>,
+
+    /// Neither read nor write a cache file.
+    #[arg(
+        long,
+        global = true,
+        env = "FLAGPOLE_NO_CACHE",
+        conflicts_with = "cache_file"
+    )]
+    pub(crate) no_cache: bool,
+
+    /// Remote flags off: no request, defaults only.
+    #[arg(long, global = true, env = "FLAGPOLE_DISABLED")]
+    pub(crate) disabled: bool,
+
+    /// A default flag value as NAME=JSON (repeatable), e.g. --default beta=true.
+    #[arg(long = "default", global = true, value_name = "NAME=JSON", env = "FLAGPOLE_DEFAULT", value_parser = parse_default)]
+    pub(crate) defaults: Vec<(String, Value)>,
+
+    /// A JSON object of default flag values; --default entries win over it.
+    #[arg(long, global = true, env = "FLAGPOLE_DEFAULTS_FILE")]
+    pub(crate) defaults_file: Option<PathBuf>,
+
+    /// More logs on stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub(crate) verbose: u8,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse() {
+        assert_eq!(
+            parse_default("a=true").unwrap(),
+            ("a".into(), Value::Bool(true))
+        );
+        assert_eq!(parse_default("a=b=\"c\"").unwrap().1, Value::from("c"));
+        assert!(parse_default("a").unwrap_err().contains("NAME=JSON"));
+        assert!(parse_default("=1").unwrap_err().contains("empty"));
+        assert!(parse_default("a=text")
+            .unwrap_err()
+            .contains("`a` is not JSON"));
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("1d").unwrap(), Duration::from_secs(86_400));
+        assert!(parse_duration("soon").is_err());
+    }
+}

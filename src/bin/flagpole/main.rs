@@ -1,0 +1,280 @@
+//! `flagpole`: shows the flags a client gets, where they came from, and how they change.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::error::ErrorKind;
+use clap::Parser;
+use flagpole::{FileStore, Flags, FlagsBuilder, Status};
+use serde_json::Value;
+use tokio::io::AsyncWriteExt as _;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+mod args;
+mod output;
+
+use args::{Cli, Command, Common};
+
+/// A failure and the exit code it maps to.
+enum Failure {
+    /// Bad arguments: exit 2.
+    Usage(String),
+    /// Anything else that prevents serving: exit 1.
+    Other(String),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                return ExitCode::SUCCESS;
+            }
+            if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                let _ = e.print();
+                return ExitCode::from(2);
+            }
+            // One line: clap's first line carries the option and the reason.
+            let text = e.to_string();
+            let line = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!("flagpole: {}", line.trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
+    };
+    init_logs(cli.common.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("flagpole: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(run(cli));
+    // Lets a cache save in progress finish, without waiting on anything that hangs.
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(message)) => {
+            eprintln!("flagpole: {message}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Other(message)) => {
+            eprintln!("flagpole: {message}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logs(verbose: u8) {
+    let level = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| v.trim().parse::<tracing::Level>().ok())
+        .unwrap_or(match verbose {
+            0 => tracing::Level::WARN,
+            1 => tracing::Level::INFO,
+            2 => tracing::Level::DEBUG,
+            _ => tracing::Level::TRACE,
+        });
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .with_target(false)
+        .init();
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let flags = builder(&cli.common)?.build().map_err(|e| match e {
+        flagpole::Error::Config { .. } => Failure::Usage(e.to_string()),
+        other => Failure::Other(other.to_string()),
+    })?;
+    let written = match cli.command {
+        Command::Get { refresh } => get(&flags, refresh && !cli.common.disabled).await,
+        Command::Watch => watch(&flags).await,
+    };
+    flags.shutdown().await;
+    written.map_err(|e| Failure::Other(format!("cannot write to stdout: {e}")))
+}
+
+fn builder(common: &Common) -> Result<FlagsBuilder, Failure> {
+    let mut builder = Flags::builder()
+        .base_url(&common.base_url)
+        .client(common.client)
+        .distribution(common.distribution)
+        .environment(common.environment)
+        .fetch_interval(common.fetch_interval)
+        .timeout(common.timeout)
+        .backoff_initial(common.backoff_initial)
+        .backoff_max(common.backoff_max)
+        .enabled(!common.disabled);
+    if let Some(id) = &common.profile_id {
+        builder = builder.profile_id(id);
+    }
+    if let Some(version) = &common.client_version {
+        builder = builder.client_version(version);
+    }
+    if let Some(path) = &common.defaults_file {
+        builder = builder.defaults(read_defaults(path)?);
+    }
+    builder = builder.defaults(common.defaults.iter().cloned());
+    if !common.no_cache {
+        match cache_path(common) {
+            Some(path) => builder = builder.store(FileStore::new(path)),
+            None => tracing::warn!("no platform cache directory; running without a cache file"),
+        }
+    }
+    Ok(builder)
+}
+
+fn read_defaults(path: &PathBuf) -> Result<serde_json::Map<String, Value>, Failure> {
+    let shown = path.display();
+    let bytes = std::fs::read(path)
+        .map_err(|e| Failure::Usage(format!("--defaults-file {shown}: cannot read it: {e}")))?;
+    match serde_json::from_slice(&bytes) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(Failure::Usage(format!(
+            "--defaults-file {shown}: expected a JSON object of flag values"
+        ))),
+        Err(e) => Err(Failure::Usage(format!(
+            "--defaults-file {shown}: not valid JSON: {e}"
+        ))),
+    }
+}
+
+/// `<cache dir>/flagpole/<client>-<distribution>-<environment>.json`.
+fn cache_path(common: &Common) -> Option<PathBuf> {
+    if let Some(path) = &common.cache_file {
+        return Some(path.clone());
+    }
+    let name = format!(
+        "{}-{}-{}.json",
+        common.client, common.distribution, common.environment
+    );
+    Some(dirs::cache_dir()?.join("flagpole").join(name))
+}
+
+async fn get(flags: &Flags, refresh: bool) -> std::io::Result<()> {
+    let error = if refresh {
+        flags.refresh().await.err().map(|e| e.to_string())
+    } else {
+        // The poller's first outcome: a fresh cache, a fetch, or a failure (one attempt: the
+        // retry it schedules is cut short by the shutdown that follows).
+        let mut status = flags.status_receiver();
+        let outcome = status
+            .wait_for(|s| !matches!(s, Status::Initializing))
+            .await
+            .map(|s| s.clone())
+            .unwrap_or(Status::Stopped);
+        outcome.last_error().map(ToString::to_string)
+    };
+    output::emit(&output::get(&flags.snapshot(), error))
+}
+
+async fn watch(flags: &Flags) -> std::io::Result<()> {
+    let mut snapshots = flags.subscribe();
+    let mut status = flags.status_receiver();
+    output::emit(&output::snapshot_event(&snapshots.borrow_and_update()))?;
+    output::emit(&output::status_event(&status.borrow_and_update()))?;
+    let mut commands = stdin_lines();
+    let mut refreshes: JoinSet<Result<_, flagpole::Error>> = JoinSet::new();
+    let mut stop = stop_signal()?;
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut stop => break,
+            changed = snapshots.changed() => {
+                if changed.is_err() { break }
+                let snapshot = snapshots.borrow_and_update().clone();
+                output::emit(&output::snapshot_event(&snapshot))?;
+            }
+            changed = status.changed() => {
+                if changed.is_err() { break }
+                let now = status.borrow_and_update().clone();
+                if now.is_stopped() { break }
+                output::emit(&output::status_event(&now))?;
+            }
+            Some(done) = refreshes.join_next(), if !refreshes.is_empty() => {
+                let result = match done {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                output::emit(&output::refresh_event(result))?;
+            }
+            line = commands.recv() => match line.as_deref().map(str::trim) {
+                None => {} // stdin closed: keep watching, stop reading
+                Some("refresh") => { refreshes.spawn(flags.refresh()); }
+                Some("enable") => flags.set_enabled(true).await,
+                Some("disable") => flags.set_enabled(false).await,
+                Some("quit") => break,
+                Some("") => {}
+                Some(other) => tracing::warn!(command = other, "unknown command ignored (expected refresh, enable, disable or quit)"),
+            },
+        }
+    }
+    flags.shutdown().await;
+    let mut stdout = tokio::io::stdout();
+    stdout.flush().await?;
+    output::emit(&output::status_event(&Status::Stopped))
+}
+
+/// Lines of stdin from a plain thread: tokio's stdin would hold the runtime open on exit while a
+/// read blocks. The receiver ends (forever pending) at EOF.
+fn stdin_lines() -> StdinLines {
+    let (tx, rx) = mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    StdinLines { rx, open: true }
+}
+
+struct StdinLines {
+    rx: mpsc::UnboundedReceiver<String>,
+    open: bool,
+}
+
+impl StdinLines {
+    /// The next line, or `None` once at EOF; after that it never completes.
+    async fn recv(&mut self) -> Option<String> {
+        if !self.open {
+            return std::future::pending().await;
+        }
+        let line = self.rx.recv().await;
+        self.open = line.is_some();
+        line
+    }
+}
+
+/// Completes on SIGINT or SIGTERM (Ctrl-C elsewhere).
+fn stop_signal() -> std::io::Result<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>
+{
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        let mut terminate = signal(SignalKind::terminate())?;
+        Ok(Box::pin(async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+        }))
+    }
+    #[cfg(not(unix))]
+    {
+        Ok(Box::pin(async {
+            let _ = tokio::signal::ctrl_c().await;
+        }))
+    }
+}
