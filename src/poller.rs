@@ -169,7 +169,9 @@ impl Poller {
         if let Some(remote) = &self.remote {
             let age = age(remote.cache_timestamp);
             if age < self.config.fetch_interval {
-                // A fresh cache is served without any request until it expires.
+                // A fresh cache is served without any request until it expires. The first fetch
+                // is exactly at expiry: jitter would have to move it earlier, and nothing is
+                // requested while the cache is fresh. Schedule jitter applies from then on.
                 self.set_status(Status::Fresh);
                 self.next_fetch = Some(Instant::now() + (self.config.fetch_interval - age));
                 self.publish_remote();

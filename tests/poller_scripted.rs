@@ -1,0 +1,1288 @@
+//! The poller's behaviour end to end, on tokio's paused clock with `ScriptedTransport` and
+//! `MemoryStore`: no sockets, no real sleeps.
+//!
+//! Timing is measured with [`Recorder`], a `Transport` wrapper that notes the tokio `Instant` at
+//! which each request is sent and whether its future ran to completion or was dropped (aborted).
+//! Under the paused clock tokio advances time only when every task is idle (and never while a
+//! `spawn_blocking` store call runs), so the instants are exact, not subject to scheduling luck.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use flagpole::{
+    BoxFuture, CacheRecord, CancellationToken, Environment, Error, Flags, FlagsBuilder,
+    MemoryStore, Request, Response, ScriptedResponse, ScriptedTransport, Source, Status, Transport,
+};
+use serde_json::{json, Value};
+use tokio::time::{sleep, Instant};
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+const DAY: Duration = Duration::from_secs(24 * 60 * 60);
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// A 200 answer carrying `flags` as a plain JSON object.
+fn ok(flags: Value) -> ScriptedResponse {
+    ScriptedResponse::json(&flags)
+}
+
+/// Lets every task run until idle, then moves the paused clock by 1 ms. Store calls run on the
+/// blocking pool and hold the clock still, so they have finished when this returns.
+async fn idle() {
+    sleep(ms(1)).await;
+}
+
+/// Fails the test instead of hanging when `fut` never completes.
+async fn within<F: Future>(what: &str, limit: Duration, fut: F) -> F::Output {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(out) => out,
+        Err(_) => panic!("timed out after {limit:?} waiting for {what}"),
+    }
+}
+
+/// Waits (paused clock) until the status satisfies `pred`, and returns it.
+async fn wait_status(flags: &Flags, what: &str, pred: impl FnMut(&Status) -> bool) -> Status {
+    let mut rx = flags.status_receiver();
+    let status = within(what, 30 * DAY, rx.wait_for(pred))
+        .await
+        .expect("status channel closed")
+        .clone();
+    status
+}
+
+fn is_stale(s: &Status) -> bool {
+    matches!(s, Status::Stale { .. })
+}
+
+fn is_fresh(s: &Status) -> bool {
+    matches!(s, Status::Fresh)
+}
+
+#[derive(Default)]
+struct Log {
+    sent: Vec<Instant>,
+    completed: usize,
+    abandoned: usize,
+}
+
+/// A `ScriptedTransport` wrapper that records when each request was sent (tokio time) and
+/// whether its future completed or was dropped before completing.
+#[derive(Clone)]
+struct Recorder {
+    inner: ScriptedTransport,
+    log: Arc<Mutex<Log>>,
+}
+
+impl Recorder {
+    fn new(inner: &ScriptedTransport) -> Self {
+        Recorder {
+            inner: inner.clone(),
+            log: Arc::default(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Log> {
+        self.log.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn times(&self) -> Vec<Instant> {
+        self.lock().sent.clone()
+    }
+
+    fn count(&self) -> usize {
+        self.lock().sent.len()
+    }
+
+    fn abandoned(&self) -> usize {
+        self.lock().abandoned
+    }
+
+    fn completed(&self) -> usize {
+        self.lock().completed
+    }
+}
+
+struct Probe {
+    log: Arc<Mutex<Log>>,
+    done: bool,
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        if self.done {
+            log.completed += 1;
+        } else {
+            log.abandoned += 1;
+        }
+    }
+}
+
+impl Transport for Recorder {
+    fn send(&self, request: Request) -> BoxFuture<'static, Result<Response, Error>> {
+        self.lock().sent.push(Instant::now());
+        let send = self.inner.send(request);
+        let probe = Probe {
+            log: Arc::clone(&self.log),
+            done: false,
+        };
+        Box::pin(async move {
+            // Move the whole probe in (not just its field) so that dropping the future drops it.
+            let mut probe = probe;
+            let result = send.await;
+            probe.done = true;
+            result
+        })
+    }
+}
+
+/// Runs a first handle configured by `configure` against `body`, waits until it has saved its
+/// cache record into a new `MemoryStore`, shuts it down and returns the store and the record.
+async fn seeded_store(
+    configure: impl FnOnce(FlagsBuilder) -> FlagsBuilder,
+    body: Value,
+) -> (MemoryStore, CacheRecord) {
+    let store = MemoryStore::new();
+    let transport = ScriptedTransport::new();
+    transport.set(ok(body).header("etag", "\"seed\""));
+    let flags = configure(Flags::builder())
+        .transport(transport)
+        .store(store.clone())
+        .build()
+        .unwrap();
+    assert!(flags.wait_until_ready(secs(60)).await, "seed fetch");
+    for _ in 0..1000 {
+        if store.get().is_some() {
+            break;
+        }
+        idle().await;
+    }
+    flags.shutdown().await;
+    let record = store.get().expect("the seed handle saved a record");
+    (store, record)
+}
+
+fn same_params(b: FlagsBuilder) -> FlagsBuilder {
+    b
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1-3: the persisted cache
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn fresh_cache_is_served_at_once_without_request_until_interval() {
+    let (store, _) = seeded_store(same_params, json!({"a": true, "n": 1})).await;
+    let transport = ScriptedTransport::new();
+    transport.set(ok(json!({"a": false, "n": 2})));
+    let recorder = Recorder::new(&transport);
+
+    let start = Instant::now();
+    let flags = Flags::builder()
+        .transport(recorder.clone())
+        .store(store)
+        .fetch_interval(secs(100))
+        .build()
+        .unwrap();
+    assert!(flags.wait_until_ready(secs(1)).await);
+    assert_eq!(
+        start.elapsed(),
+        Duration::ZERO,
+        "the cache is served at once"
+    );
+    let snap = flags.snapshot();
+    assert_eq!(snap.source(), Source::Cache);
+    assert_eq!(flags.get_bool("a"), Some(true));
+    assert_eq!(flags.get_i64("n"), Some(1));
+    assert!(is_fresh(&flags.status()), "{:?}", flags.status());
+
+    // Most of the interval: not even within the jitter window (last 20 %) yet.
+    sleep(secs(79)).await;
+    assert_eq!(recorder.count(), 0, "a fresh cache needs no request");
+    assert_eq!(flags.snapshot().source(), Source::Cache);
+
+    // Past expiry: exactly one request.
+    sleep(secs(22)).await;
+    assert_eq!(recorder.count(), 1);
+    assert_eq!(flags.snapshot().source(), Source::Network);
+    assert_eq!(flags.get_i64("n"), Some(2));
+    let at = recorder.times()[0] - start;
+    assert!(at >= secs(79) && at <= secs(100), "first request at {at:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_cache_is_served_and_one_request_is_made_at_start() {
+    let (store, mut record) = seeded_store(same_params, json!({"a": "cached"})).await;
+    record.cache_timestamp -= 1_000_000; // 1000 s old; the interval is 100 s
+    store.set(Some(record));
+
+    let transport = ScriptedTransport::new();
+    transport.set(ok(json!({"a": "network"})).delay(secs(5)));
+    let recorder = Recorder::new(&transport);
+    let flags = Flags::builder()
+        .transport(recorder.clone())
+        .store(store)
+        .fetch_interval(secs(100))
+        .build()
+        .unwrap();
+    assert!(flags.wait_until_ready(secs(1)).await);
+    idle().await;
+    assert_eq!(flags.snapshot().source(), Source::Cache);
+    assert_eq!(flags.get_str("a").as_deref(), Some("cached"));
+    assert_eq!(recorder.count(), 1, "one request at start");
+
+    sleep(secs(5)).await;
+    assert_eq!(flags.snapshot().source(), Source::Network);
+    assert_eq!(flags.get_str("a").as_deref(), Some("network"));
+    assert!(is_fresh(&flags.status()));
+    assert_eq!(recorder.count(), 1, "no second request");
+}
+
+#[tokio::test(start_paused = true)]
+async fn cache_saved_for_another_environment_is_ignored() {
+    let (store, _) = seeded_store(|b| b.environment(Environment::Dev), json!({"a": "dev"})).await;
+    let transport = ScriptedTransport::new();
+    transport.set(ScriptedResponse::hang());
+    let flags = Flags::builder()
+        .environment(Environment::Prod)
+        .transport(transport.clone())
+        .store(store)
+        .default_flag("d", 1)
+        .build()
+        .unwrap();
+    sleep(secs(1)).await;
+    assert_eq!(flags.snapshot().source(), Source::Defaults);
+    assert_eq!(flags.get("a"), None, "the dev cache must not be served");
+    assert_eq!(flags.names(), vec!["d"]);
+    assert!(matches!(flags.status(), Status::Initializing));
+    assert_eq!(
+        transport.request_count(),
+        1,
+        "no usable cache: fetch at once"
+    );
+    assert!(transport.requests()[0]
+        .url
+        .as_str()
+        .contains("environment=prod"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn cache_saved_for_another_profile_is_ignored() {
+    let (store, first) = seeded_store(|b| b.profile_id("alice"), json!({"a": "alice"})).await;
+    let transport = ScriptedTransport::new();
+    transport.set(ok(json!({"a": "bob"})).delay(secs(10)));
+    let flags = Flags::builder()
+        .profile_id("bob")
+        .transport(transport.clone())
+        .store(store.clone())
+        .build()
+        .unwrap();
+    sleep(secs(1)).await;
+    assert_eq!(flags.snapshot().source(), Source::Defaults);
+    assert_eq!(
+        flags.get("a"),
+        None,
+        "alice's cache must not be served to bob"
+    );
+    assert!(flags.snapshot().is_empty());
+    assert_eq!(transport.request_count(), 1);
+
+    sleep(secs(10)).await;
+    assert_eq!(flags.get_str("a").as_deref(), Some("bob"));
+    // Bob's record replaces Alice's, under another key.
+    idle().await;
+    let second = store.get().unwrap();
+    assert_ne!(first.key, second.key);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4-6: failures, backoff, Retry-After
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn api_down_with_cache_serves_cache_as_stale() {
+    let (store, mut record) = seeded_store(same_params, json!({"a": 7})).await;
+    record.cache_timestamp -= 1_000_000;
+    let cached_at = record.cache_timestamp;
+    store.set(Some(record));
+    let transport = ScriptedTransport::new();
+    transport.set(ScriptedResponse::status(500));
+    let flags = Flags::builder()
+        .transport(transport.clone())
+        .store(store)
+        .fetch_interval(secs(100))
+        .default_flag("a", 0)
+        .default_flag("d", "default")
+        .build()
+        .unwrap();
+    let status = wait_status(&flags, "stale", is_stale).await;
+    match &status {
+        Status::Stale { last_error, .. } => {
+            assert!(
+                matches!(last_error, Error::Http { status: 500 }),
+                "{last_error:?}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let snap = flags.snapshot();
+    assert_eq!(snap.source(), Source::Cache);
+    assert_eq!(snap.get_i64("a"), Some(7), "the cache wins over defaults");
+    assert_eq!(
+        snap.get_str("d"),
+        Some("default"),
+        "defaults fill missing names"
+    );
+    assert_eq!(snap.cache_timestamp(), Some(cached_at));
+    assert_eq!(transport.request_count(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn api_down_without_cache_serves_defaults() {
+    let transport = ScriptedTransport::new();
+    transport.set(ScriptedResponse::status(500));
+    let flags = Flags::builder()
+        .transport(transport.clone())
+        .default_flag("d", true)
+        .build()
+        .unwrap();
+    let status = wait_status(&flags, "stale", is_stale).await;
+    assert!(matches!(
+        status.last_error(),
+        Some(Error::Http { status: 500 })
+    ));
+    let snap = flags.snapshot();
+    assert_eq!(snap.source(), Source::Defaults);
+    assert_eq!(snap.cache_timestamp(), None);
+    assert_eq!(flags.get_bool("d"), Some(true));
+    assert_eq!(flags.names(), vec!["d"]);
+    let err = flags.refresh().await.unwrap_err();
+    assert!(matches!(err, Error::Http { status: 500 }), "{err:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn api_down_without_cache_or_defaults_serves_empty_snapshot() {
+    let transport = ScriptedTransport::new();
+    transport.set(ScriptedResponse::status(500));
+    let flags = Flags::builder()
+        .transport(transport.clone())
+        .build()
+        .unwrap();
+    wait_status(&flags, "stale", is_stale).await;
+    let snap = flags.snapshot();
+    assert!(snap.is_empty());
+    assert_eq!(snap.source(), Source::Defaults);
+    assert_eq!(snap.cache_timestamp(), None);
+    assert_eq!(flags.get("anything"), None);
+    assert!(!flags.wait_until_ready(secs(5)).await);
+}
+
+/// Ceiling of the n-th retry delay (n from 1): min(initial * 2^(n-1), cap).
+fn ceiling(n: u32, initial: Duration, cap: Duration) -> Duration {
+    initial.saturating_mul(2u32.pow(n - 1)).min(cap)
+}
+
+#[tokio::test(start_paused = true)]
+async fn backoff_delays_are_jittered_exponential_and_reset_after_success() {
+    let initial = secs(1);
+    let cap = secs(8);
+    let transport = ScriptedTransport::new();
+    let failures = 7u32;
+    for _ in 0..failures {
+        transport.push(ScriptedResponse::status(500));
+    }
+    transport.push(ok(json!({"a": 1})));
+    let recorder = Recorder::new(&transport);
+    let flags = Flags::builder()
+        .transport(recorder.clone())
+        .backoff_initial(initial)
+        .backoff_max(cap)
+        .build()
+        .unwrap();
+    let mut rx_status = flags.status_receiver();
+
+    // Each failure publishes Stale { next_retry }; record it at the instant it is published.
+    let mut since_first = None;
+    for n in 1..=failures {
+        within("a failure", DAY, rx_status.changed()).await.unwrap();
+        let now = Instant::now();
+        let status = rx_status.borrow_and_update().clone();
+        let Status::Stale {
+            since,
+            last_error,
+            next_retry,
+        } = status
+        else {
+            panic!("failure {n}: {status:?}");
+        };
+        assert!(matches!(last_error, Error::Http { status: 500 }));
+        let first_since = *since_first.get_or_insert(since);
+        assert_eq!(since, first_since, "since stays the first failure");
+        if n == 1 {
+            assert_eq!(since, now.into_std());
+        }
+        let b = ceiling(n, initial, cap);
+        let wait = next_retry.expect("a retry is scheduled") - now.into_std();
+        assert!(
+            wait >= b / 2 && wait <= b,
+            "failure {n}: next_retry in {wait:?}, expected within [{:?}, {b:?}]",
+            b / 2
+        );
+    }
+    within("success", DAY, rx_status.wait_for(is_fresh))
+        .await
+        .unwrap();
+
+    let times = recorder.times();
+    assert_eq!(times.len(), failures as usize + 1);
+    for n in 1..=failures {
+        let d = times[n as usize] - times[n as usize - 1];
+        let b = ceiling(n, initial, cap);
+        assert!(
+            d >= b / 2 && d <= b,
+            "delay {n} was {d:?}, expected within [{:?}, {b:?}]",
+            b / 2
+        );
+    }
+    assert_eq!(flags.get_i64("a"), Some(1));
+
+    // After the success the backoff starts over: the next failure waits at most `initial`.
+    transport.set(ScriptedResponse::status(500));
+    let failed_at = Instant::now();
+    let err = flags.refresh().await.unwrap_err();
+    assert!(matches!(err, Error::Http { status: 500 }));
+    assert_eq!(
+        Instant::now(),
+        failed_at,
+        "the scripted failure is immediate"
+    );
+    match flags.status() {
+        Status::Stale {
+            next_retry: Some(next),
+            since,
+            ..
+        } => {
+            let wait = next - failed_at.into_std();
+            assert!(wait >= initial / 2 && wait <= initial, "{wait:?}");
+            assert_eq!(since, failed_at.into_std(), "a new stale period begins");
+        }
+        other => panic!("{other:?}"),
+    }
+    // The first retry comes within 1 s, the second no sooner than 1.5 s after the refresh.
+    sleep(ms(1250)).await;
+    let times = recorder.times();
+    assert_eq!(times.len(), failures as usize + 3, "refresh + one retry");
+    let d = times[times.len() - 1] - times[times.len() - 2];
+    assert!(
+        d >= initial / 2 && d <= initial,
+        "retry after reset took {d:?}"
+    );
+    assert_eq!(flags.get_i64("a"), Some(1), "the failure kept the flags");
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_since_is_the_first_failure() {
+    let transport = ScriptedTransport::new();
+    transport.set(ScriptedResponse::status(503));
+    let flags = Flags::builder()
+        .transport(transport.clone())
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    let first = wait_status(&flags, "stale", is_stale).await;
+    sleep(secs(30)).await;
+    assert!(transport.request_count() >= 3);
+    let Status::Stale { since: s1, .. } = first else {
+        unreachable!()
+    };
+    let Status::Stale { since: s2, .. } = flags.status() else {
+        panic!("{:?}", flags.status())
+    };
+    assert_eq!(s1, start.into_std());
+    assert_eq!(s1, s2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_seconds_on_429_is_honoured() {
+    let transport = ScriptedTransport::new();
+    transport.push(ScriptedResponse::status(429).header("retry-after", "7"));
+    transport.push(ok(json!({"a": 1})));
+    let recorder = Recorder::new(&transport);
+    let flags = Flags::builder()
+        .transport(recorder.clone())
+        .backoff_initial(secs(1))
+        .build()
+        .unwrap();
+    let status = wait_status(&flags, "stale", is_stale).await;
+    let failed_at = recorder.times()[0];
+    let Status::Stale {
+        last_error,
+        next_retry,
+        ..
+    } = status
+    else {
+        unreachable!()
+    };
+    assert!(matches!(last_error, Error::Http { status: 429 }));
+    let wait = next_retry.unwrap() - failed_at.into_std();
+    assert!(wait >= secs(7) && wait < secs(8), "next_retry in {wait:?}");
+
+    sleep(secs(6)).await;
+    assert_eq!(recorder.count(), 1, "no request before Retry-After");
+    wait_status(&flags, "fresh", is_fresh).await;
+    let times = recorder.times();
+    assert_eq!(times.len(), 2);
+    let d = times[1] - times[0];
+    assert!(d >= secs(7) && d < secs(8), "retried after {d:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_http_date_on_503_is_honoured() {
+    // SystemTime does not follow the paused clock; a date 30 s ahead of it is 30 s of waiting.
+    let date = httpdate::fmt_http_date(SystemTime::now() + secs(30));
+    let transport = ScriptedTransport::new();
+    transport.push(ScriptedResponse::status(503).header("retry-after", &date));
+    transport.push(ok(json!({"a": 1})));
+    let recorder = Recorder::new(&transport);
+    let flags = Flags::builder()
+        .transport(recorder.clone())
+        .backoff_initial(secs(1))
+        .build()
+        .unwrap();
+    let status = wait_status(&flags, "stale", is_stale).await;
+    let Status::Stale { next_retry, .. } = status else {
+        unreachable!()
+    };
+    // The date has whole seconds, so the wait is a little under 30 s.
+    let wait = next_retry.unwrap() - recorder.times()[0].into_std();
+    assert!(
+        wait >= secs(28) && wait <= secs(30),
+        "next_retry in {wait:?}"
+    );
+
+    sleep(secs(27)).await;
+    assert_eq!(
+        recorder.count(),
+        1,
+        "no request before the Retry-After date"
+    );
+    wait_status(&flags, "fresh", is_fresh).await;
+    let times = recorder.times();
+    assert_eq!(times.len(), 2);
+    let d = times[1] - times[0];
+    assert!(d >= secs(28) && d <= secs(30), "retried after {d:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn hanging_request_times_out_and_is_retried() {
+    let transport = ScriptedTransport::new();
+    transport.push(ScriptedResponse::hang());
+    transport.push(ok(json!({"a": 1})));
+    let recorder = Recorder::new(&transport);
+    let flags = Flags::builder()
+        .transport(recorder.clone())
+        .timeout(secs(5))
+        .backoff_initial(secs(1))
+        .build()
+        .unwrap();
+    let status = wait_status(&flags, "stale", is_stale).await;
+    assert!(
+        matches!(status.last_error(), Some(Error::Timeout { after }) if *after == secs(5)),
+        "{status:?}"
+    );
+    assert_eq!(recorder.times()[0].elapsed(), secs(5));
+    assert_eq!(recorder.abandoned(), 1, "the hanging request was dropped");
+    wait_status(&flags, "fresh", is_fresh).await;
+    let times = recorder.times();
+    let d = times[1] - times[0];
+    assert!(
+        d >= ms(5500) && d <= secs(6),
+        "retry {d:?} after the request began"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7-9: refresh coalescing and subscriptions
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn thousand_concurrent_refreshes_share_at_most_two_requests() {
+    let transport = ScriptedTransport::new();
+    transport.set(ok(json!({"v": 1})).delay(ms(100)));
+    let flags = Flags::builder()
+        .transport(transport.clone())
+        .build()
+        .unwrap();
+    let tasks: Vec<_> = (0..1000)
+        .map(|_| {
+            let flags = flags.clone();
+            tokio::spawn(async move { flags.refresh().await })
+        })
+        .collect();
+    let start = Instant::now();
+    let mut oks = 0;
+    for task in tasks {
+        let snapshot = within("refresh", secs(60), task)
+            .await
+            .unwrap()
+            .expect("refresh succeeded");
+        assert_eq!(snapshot.get_i64("v"), Some(1));
+        oks += 1;
+    }
+    assert_eq!(oks, 1000);
+    let n = transport.request_count();
+    assert!((1..=2).contains(&n), "{n} requests for 1000 refreshes");
+    assert!(start.elapsed() <= ms(200), "took {:?}", start.elapsed());
+    sleep(secs(60)).await;
+    assert_eq!(transport.request_count(), n, "nothing left queued");
+}
+
+#[tokio::test(start_paused = true)]
+async fn refresh_during_a_fetch_gets_the_next_fetch() {
+    let transport = ScriptedTransport::new();
+    transport.push(ok(json!({"v": 1})).delay(secs(1)));
+    transport.push(ok(json!({"v": 2})));
+    let flags = Flags::builder()
+        .transport(transport.clone())
+        .build()
+        .unwrap();
+    // Let the start-up fetch go out; it answers 1 s after it was sent.
+    idle().await;
+    assert_eq!(transport.request_count(), 1);
+    assert_eq!(
+        flags.snapshot().source(),
+        Source::Defaults,
+        "still in flight"
+    );
+    let start = Instant::now();
+    let snapshot = flags.refresh().await.unwrap();
+    assert_eq!(
+        snapshot.get_i64("v"),
+        Some(2),
+        "the fetch in flight started before the call; its answer must not be returned"
+    );
+    assert!(
+        start.elapsed() < secs(1),
+        "waited only for the first fetch to end"
+    );
+    assert_eq!(transport.request_count(), 2);
+    assert_eq!(flags.get_i64("v"), Some(2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn refresh_when_idle_starts_a_new_fetch() {
+    let transport = ScriptedTransport::new();
+    transport.push(ok(json!({"v": 1})));
+    transport.push(ok(json!({"v": 2})));
+    let flags = Flags::builder()
+        .transport(transport.clone())
+        .build()
+        .unwrap();
+    assert!(flags.wait_until_ready(secs(1)).await);
+    assert_eq!(flags.get_i64("v"), Some(1));
+    let snapshot = flags.refresh().await.unwrap();
+    assert_eq!(snapshot.get_i64("v"), Some(2));
+    assert_eq!(transport.request_count(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn subscribers_wake_on_changes_only() {
+    let transport = ScriptedTransport::new();
+    transport.set(ok(json!({"a": 1})));
+    let flags = Flags::builder()
+        .transport(transport.clone())
+        .build()
+        .unwrap();
+    assert!(flags.wait_until_ready(secs(1)).await);
+    let mut rx = flags.subscribe();
+    rx.borrow_and_update();
+    let before = flags.snapshot();
+
+    let same = flags.refresh().await.unwrap();
+    assert_eq!(transport.request_count(), 2);
+    assert!(
+        !rx.has_changed().unwrap(),
+        "an identical fetch must not wake subscribers"
+    );
+    let after = flags.snapshot();
+    assert!(Arc::ptr_eq(&same, &after));
+    assert!(
+        !Arc::ptr_eq(&before, &after),
+        "a new snapshot was published"
+    );
+    assert!(after.cache_timestamp().unwrap() >= before.cache_timestamp().unwrap());
+    assert!(
+        Arc::ptr_eq(&rx.borrow(), &after),
+        "the watch value carries the renewed timestamp without waking"
+    );
+
+    transport.set(ok(json!({"a": 2})));
+    flags.refresh().await.unwrap();
+    assert!(
+        rx.has_changed().unwrap(),
+        "a changed value wakes subscribers"
+    );
+    assert_eq!(rx.borrow_and_update().get_i64("a"), Some(2));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 10: enabled / disabled
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn disabled_at_build_makes_no_request_and_serves_defaults_only() {
+    // Even a fresh matching cache is not served while disabled.
+    let (store, _) = seeded_store(same_params, json!({"a": "remote"})).await;
+    let transport = ScriptedTransport::new();
+    transport.set(ok(json!({"a": "remote"})));
+    let flags = Flags::builder()
+        .transport(transport.clone())
+        .store(store)
+        .enabled(false)
+        .default_flag("d", true)
+        .build()
+        .unwrap();
+    sleep(30 * DAY).await;
+    assert_eq!(transport.request_count(), 0);
+    assert!(matches!(flags.status(), Status::Disabled));
+    let snap = flags.snapshot();
+    assert_eq!(snap.source(), Source::Defaults);
+    assert_eq!(flags.names(), vec!["d"]);
+    assert_eq!(flags.get("a"), None);
+    assert!(!flags.wait_until_ready(secs(5)).await);
+
+    let start = Instant::now();
+    let err = flags.refresh().await.unwrap_err();
+    assert!(matches!(err, Error::Disabled), "{err:?}");
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert_eq!(transport.request_count(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn enabling_makes_exactly_one_request() {
+    let transport = ScriptedTransport::new();
+    transport.set(ok(json!({"a": 1})));
+    let flags = Flags::builder()
+        .transport(transport.clone())
+        .enabled(false)
+        .default_flag("d", 0)
+        .build()
+        .unwrap();
+    sleep(secs(10)).await;
+    assert_eq!(transport.request_count(), 0);
+    flags.set_enabled(true).await;
+    sleep(60 * 60 * secs(1)).await;
+    assert_eq!(transport.request_count(), 1);
+    assert!(is_fresh(&flags.status()));
+    assert_eq!(flags.snapshot().source(), Source::Network);
+    assert_eq!(flags.get_i64("a"), Some(1));
+    assert_eq!(flags.get_i64("d"), Some(0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn disabling_mid_request_aborts_it_and_stops_requests() {
+    let transport = ScriptedTransport::new();
+    transport.push(ok(json!({"a": 1})));
+    transport.push(ok(json!({"a": 2})).delay(secs(10)));
+    let recorder = Recorder::new(&transport);
+    let flags = Flags::builder()
+        .transport(recorder.clone())
+        .fetch_interval(secs(100))
+        .default_flag("d", "default")
+        .build()
+        .unwrap();
+    assert!(flags.wait_until_ready(secs(1)).await);
+    assert_eq!(flags.get_i64("a"), Some(1));
+
+    let pending = tokio::spawn(flags.refresh());
+    idle().await;
+    assert_eq!(recorder.count(), 2, "the refresh is in flight");
+    flags.set_enabled(false).await;
+    // In effect when set_enabled returns.
+    assert!(matches!(flags.status(), Status::Disabled));
+    assert_eq!(flags.snapshot().source(), Source::Defaults);
+    assert_eq!(flags.get("a"), None);
+    let err = pending.await.unwrap().unwrap_err();
+    assert!(matches!(err, Error::Disabled), "{err:?}");
+    assert_eq!(recorder.abandoned(), 1, "the request in flight was dropped");
+
+    sleep(30 * DAY).await;
+    assert_eq!(recorder.count(), 2, "no request while disabled");
+    assert_eq!(recorder.completed(), 1);
+    assert_eq!(flags.get("a"), None, "the aborted answer never lands");
+    assert_eq!(flags.names(), vec!["d"]);
+    assert!(matches!(flags.refresh().await, Err(Error::Disabled)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn re_enabling_with_fresh_flags_serves_them_without_request() {
+    let transport = ScriptedTransport::new();
+    transport.set(ok(json!({"a": 1})));
+    let flags = Flags::builder()
+        .transport(transport.clone())
+        .fetch_interval(secs(100))
+        .schedule_jitter(0.0)
+        .build()
+        .unwrap();
+    assert!(flags.wait_until_ready(secs(1)).await);
+    flags.set_enabled(false).await;
+    assert_eq!(flags.get("a"), None);
+    flags.set_enabled(true).await;
+    assert_eq!(
+        flags.get_i64("a"),
+        Some(1),
+        "the last remote flags come back"
+    );
+    assert!(is_fresh(&flags.status()));
+    sleep(secs(50)).await;
+    assert_eq!(transport.request_count(), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 11: shutdown
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_mid_request_is_prompt() {
+    let token = CancellationToken::new();
+    let transport = ScriptedTransport::new();
+    transport.push(ok(json!({"a": 1})));
+    transport.push(ok(json!({"a": 2})).delay(secs(30)));
+    let recorder = Recorder::new(&transport);
+    let flags = Flags::builder()
+        .transport(recorder.clone())
+        .timeout(secs(60))
+        .cancellation_token(token.clone())
+        .build()
+        .unwrap();
+    assert!(flags.wait_until_ready(secs(1)).await);
+    let pending = tokio::spawn(flags.refresh());
+    idle().await;
+    assert_eq!(recorder.count(), 2, "a request is in flight");
+
+    let start = Instant::now();
+    flags.shutdown().await;
+    assert!(
+        start.elapsed() < secs(1),
+        "shutdown took {:?}",
+        start.elapsed()
+    );
+    assert!(flags.status().is_stopped());
+    assert_eq!(recorder.abandoned(), 1, "the request in flight was dropped");
+    assert!(matches!(pending.await.unwrap(), Err(Error::Stopped)));
+    assert_eq!(flags.get_i64("a"), Some(1), "reads serve the last snapshot");
+    assert_eq!(flags.snapshot().source(), Source::Network);
+    assert!(matches!(flags.refresh().await, Err(Error::Stopped)));
+    assert!(!token.is_cancelled(), "the caller's token is left alone");
+    // Idempotent.
+    flags.shutdown().await;
+    sleep(DAY).await;
+    assert_eq!(recorder.count(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_mid_backoff_is_prompt() {
+    let transport = ScriptedTransport::new();
+    transport.set(ScriptedResponse::status(500));
+    let flags = Flags::builder()
+        .transport(transport.clone())
+        .backoff_initial(secs(120))
+        .backoff_max(secs(240))
+        .default_flag("d", 5)
+        .build()
+        .unwrap();
+    wait_status(&flags, "stale", is_stale).await;
+    sleep(secs(10)).await;
+    assert_eq!(transport.request_count(), 1, "backing off");
+    let start = Instant::now();
+    flags.shutdown().await;
+    assert!(
+        start.elapsed() < secs(1),
+        "shutdown took {:?}",
+        start.elapsed()
+    );
+    assert!(flags.status().is_stopped());
+    assert_eq!(flags.get_i64("d"), Some(5));
+    assert!(matches!(flags.refresh().await, Err(Error::Stopped)));
+    sleep(DAY).await;
+    assert_eq!(transport.request_count(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancelling_the_callers_token_stops_mid_request() {
+    let token = CancellationToken::new();
+    let transport = ScriptedTransport::new();
+    transport.set(ok(json!({"a": 1})).delay(secs(30)));
+    let recorder = Recorder::new(&transport);
+    let flags = Flags::builder()
+        .transport(recorder.clone())
+        .timeout(secs(60))
+        .cancellation_token(token.clone())
+        .default_flag("d", 1)
+        .build()
+        .unwrap();
+    idle().await;
+    assert_eq!(recorder.count(), 1);
+    let start = Instant::now();
+    token.cancel();
+    let mut rx = flags.status_receiver();
+    within("stopped", secs(1), rx.wait_for(Status::is_stopped))
+        .await
+        .unwrap();
+    assert!(start.elapsed() < secs(1), "took {:?}", start.elapsed());
+    assert_eq!(recorder.abandoned(), 1);
+    assert_eq!(flags.get_i64("d"), Some(1));
+    assert!(matches!(flags.refresh().await, Err(Error::Stopped)));
+    let start = Instant::now();
+    flags.shutdown().await;
+    assert!(start.elapsed() < secs(1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancelling_the_callers_token_stops_mid_backoff() {
+    let token = CancellationToken::new();
+    let transport = ScriptedTransport::new();
+    transport.set(ScriptedResponse::status(502));
+    let flags = Flags::builder()
+        .transport(transport.clone())
+        .backoff_initial(secs(120))
+        .backoff_max(secs(240))
+        .cancellation_token(token.clone())
+        .build()
+        .unwrap();
+    wait_status(&flags, "stale", is_stale).await;
+    let start = Instant::now();
+    token.cancel();
+    let mut rx = flags.status_receiver();
+    within("stopped", secs(1), rx.wait_for(Status::is_stopped))
+        .await
+        .unwrap();
+    assert!(start.elapsed() < secs(1));
+    sleep(DAY).await;
+    assert_eq!(transport.request_count(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_the_last_handle_stops_the_poller() {
+    let transport = ScriptedTransport::new();
+    transport.push(ok(json!({"a": 1})));
+    transport.push(ok(json!({"a": 2})).delay(secs(30)));
+    let recorder = Recorder::new(&transport);
+    let flags = Flags::builder()
+        .transport(recorder.clone())
+        .timeout(secs(60))
+        .fetch_interval(secs(100))
+        .schedule_jitter(0.0)
+        .build()
+        .unwrap();
+    assert!(flags.wait_until_ready(secs(1)).await);
+    let mut rx = flags.status_receiver();
+    let clone = flags.clone();
+
+    // Dropping one of two handles changes nothing.
+    drop(flags);
+    sleep(secs(101)).await;
+    assert!(!rx.borrow().is_stopped());
+    assert_eq!(recorder.count(), 2, "the poller still runs");
+    assert_eq!(clone.get_i64("a"), Some(1), "mid-request");
+
+    let start = Instant::now();
+    drop(clone);
+    // Either the receiver sees `Stopped` or the channel closes because the poller is gone.
+    within("stop", secs(1), async {
+        let _ = rx.wait_for(Status::is_stopped).await;
+    })
+    .await;
+    assert!(start.elapsed() < secs(1), "took {:?}", start.elapsed());
+    assert_eq!(recorder.abandoned(), 1, "the request in flight was dropped");
+    sleep(DAY).await;
+    assert_eq!(recorder.count(), 2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 12-13: ETag, body size
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn etag_is_sent_back_and_304_keeps_flags() {
+    let transport = ScriptedTransport::new();
+    transport.push(ok(json!({"a": 1})).header("etag", "\"v1\""));
+    transport.push(ScriptedResponse::status(304));
+    let flags = Flags::builder()
+        .transport(transport.clone())
+        .build()
+        .unwrap();
+    assert!(flags.wait_until_ready(secs(1)).await);
+    let before = flags.snapshot();
+    assert_eq!(before.etag(), Some("\"v1\""));
+    let mut rx = flags.subscribe();
+    rx.borrow_and_update();
+
+    let after = flags.refresh().await.expect("a 304 is a success");
+    let requests = transport.requests();
+    assert_eq!(requests.len(), 2);
+    assert!(requests[0].headers.get("if-none-match").is_none());
+    assert_eq!(requests[1].headers["if-none-match"], "\"v1\"");
+    assert_eq!(requests[1].headers["accept"], "application/json");
+
+    assert_eq!(after.get_i64("a"), Some(1));
+    assert_eq!(after.source(), Source::Network);
+    assert_eq!(after.etag(), Some("\"v1\""));
+    assert!(!Arc::ptr_eq(&before, &after));
+    assert!(after.cache_timestamp().unwrap() >= before.cache_timestamp().unwrap());
+    assert!(Arc::ptr_eq(&flags.snapshot(), &after));
+    assert!(
+        !rx.has_changed().unwrap(),
+        "a 304 does not wake subscribers"
+    );
+    assert!(is_fresh(&flags.status()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn stale_cache_etag_is_revalidated_by_304() {
+    let (store, mut record) = seeded_store(same_params, json!({"a": "cached"})).await;
+    record.cache_timestamp -= 1_000_000;
+    let old_timestamp = record.cache_timestamp;
+    store.set(Some(record));
+    let transport = ScriptedTransport::new();
+    transport.set(ScriptedResponse::status(304));
+    let flags = Flags::builder()
+        .transport(transport.clone())
+        .store(store.clone())
+        .fetch_interval(secs(100))
+        .build()
+        .unwrap();
+    wait_status(&flags, "fresh", is_fresh).await;
+    idle().await;
+    assert_eq!(transport.requests()[0].headers["if-none-match"], "\"seed\"");
+    let snap = flags.snapshot();
+    assert_eq!(snap.get_str("a"), Some("cached"));
+    assert_eq!(snap.source(), Source::Network, "confirmed by the network");
+    assert_eq!(snap.etag(), Some("\"seed\""));
+    assert!(
+        snap.cache_timestamp().unwrap() > old_timestamp,
+        "timestamp renewed"
+    );
+    let saved = store.get().unwrap();
+    assert_eq!(
+        Some(saved.cache_timestamp),
+        snap.cache_timestamp(),
+        "renewal saved"
+    );
+    assert_eq!(saved.etag.as_deref(), Some("\"seed\""));
+}
+
+#[tokio::test(start_paused = true)]
+async fn unexpected_304_without_etag_is_an_error() {
+    let transport = ScriptedTransport::new();
+    transport.push(ok(json!({"a": 1})));
+    transport.push(ScriptedResponse::status(304));
+    let flags = Flags::builder()
+        .transport(transport.clone())
+        .build()
+        .unwrap();
+    assert!(flags.wait_until_ready(secs(1)).await);
+    assert_eq!(flags.snapshot().etag(), None);
+    let err = flags.refresh().await.unwrap_err();
+    assert!(matches!(err, Error::Http { status: 304 }), "{err:?}");
+    assert!(transport.requests()[1]
+        .headers
+        .get("if-none-match")
+        .is_none());
+    assert!(matches!(
+        flags.status().last_error(),
+        Some(Error::Http { status: 304 })
+    ));
+    assert_eq!(flags.get_i64("a"), Some(1));
+    assert_eq!(flags.snapshot().source(), Source::Network);
+}
+
+#[tokio::test(start_paused = true)]
+async fn oversized_body_is_too_large_and_keeps_flags() {
+    let transport = ScriptedTransport::new();
+    transport.push(ok(json!({"a": 1})));
+    let big = json!({"a": 2, "pad": "x".repeat(500)}).to_string();
+    transport.push(ScriptedResponse::body(200, big));
+    let flags = Flags::builder()
+        .transport(transport.clone())
+        .max_body_bytes(64)
+        .build()
+        .unwrap();
+    assert!(flags.wait_until_ready(secs(1)).await);
+    let err = flags.refresh().await.unwrap_err();
+    assert!(matches!(err, Error::TooLarge { limit: 64 }), "{err:?}");
+    assert!(matches!(
+        flags.status().last_error(),
+        Some(Error::TooLarge { limit: 64 })
+    ));
+    assert_eq!(flags.get_i64("a"), Some(1));
+    assert_eq!(flags.get("pad"), None);
+    assert_eq!(transport.requests()[1].max_body_bytes, 64);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 14: schedule jitter
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn schedule_jitter_spreads_the_next_fetch_over_the_last_fifth() {
+    let transport = ScriptedTransport::new();
+    transport.set(ok(json!({"a": 1})));
+    let recorder = Recorder::new(&transport);
+    let _flags = Flags::builder()
+        .transport(recorder.clone())
+        .fetch_interval(secs(100))
+        .schedule_jitter(0.2)
+        .build()
+        .unwrap();
+    sleep(secs(2000)).await;
+    let times = recorder.times();
+    assert!(times.len() >= 20, "{} requests", times.len());
+    let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    for gap in &gaps {
+        assert!(*gap >= secs(80) && *gap <= secs(100), "{gaps:?}");
+    }
+    assert!(gaps.iter().any(|g| *g != gaps[0]), "no jitter: {gaps:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn zero_schedule_jitter_fetches_exactly_at_the_interval() {
+    let transport = ScriptedTransport::new();
+    transport.set(ok(json!({"a": 1})));
+    let recorder = Recorder::new(&transport);
+    let _flags = Flags::builder()
+        .transport(recorder.clone())
+        .fetch_interval(secs(100))
+        .schedule_jitter(0.0)
+        .build()
+        .unwrap();
+    sleep(secs(1000)).await;
+    let times = recorder.times();
+    assert_eq!(times.len(), 10, "at 0, 100, ..., 900 s");
+    for w in times.windows(2) {
+        assert_eq!(w[1] - w[0], secs(100));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 15-17: failures keep good flags, readiness, the saved record
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn malformed_body_never_replaces_good_flags() {
+    let store = MemoryStore::new();
+    let transport = ScriptedTransport::new();
+    transport.push(ok(json!({"a": 1, "b": "x"})));
+    transport.push(ScriptedResponse::body(200, "{not json"));
+    transport.push(ScriptedResponse::body(200, "\"a string\""));
+    let flags = Flags::builder()
+        .transport(transport.clone())
+        .store(store.clone())
+        .build()
+        .unwrap();
+    assert!(flags.wait_until_ready(secs(1)).await);
+    idle().await;
+    let good = flags.snapshot();
+    let saved = store.get().expect("saved after the good fetch");
+    let mut rx = flags.subscribe();
+    rx.borrow_and_update();
+
+    for attempt in 0..2 {
+        let err = flags.refresh().await.unwrap_err();
+        assert!(matches!(err, Error::Parse { .. }), "{attempt}: {err:?}");
+        assert!(matches!(
+            flags.status().last_error(),
+            Some(Error::Parse { .. })
+        ));
+        let now = flags.snapshot();
+        assert!(Arc::ptr_eq(&good, &now), "the good snapshot stays");
+        assert_eq!(flags.get_i64("a"), Some(1));
+        assert_eq!(flags.get_str("b").as_deref(), Some("x"));
+        assert!(!rx.has_changed().unwrap());
+        idle().await;
+        assert_eq!(
+            store.get().as_ref(),
+            Some(&saved),
+            "a failure saves nothing"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn wait_until_ready_is_true_once_a_fetch_succeeds() {
+    let transport = ScriptedTransport::new();
+    transport.set(ok(json!({"a": 1})).delay(secs(2)));
+    let flags = Flags::builder()
+        .transport(transport.clone())
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    assert!(flags.wait_until_ready(secs(5)).await);
+    assert_eq!(start.elapsed(), secs(2));
+    assert_eq!(flags.get_i64("a"), Some(1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn wait_until_ready_times_out_while_the_api_fails() {
+    let transport = ScriptedTransport::new();
+    transport.set(ScriptedResponse::status(500));
+    let flags = Flags::builder()
+        .transport(transport.clone())
+        .backoff_initial(secs(1))
+        .default_flag("d", 1)
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    assert!(!flags.wait_until_ready(secs(10)).await);
+    assert_eq!(start.elapsed(), secs(10));
+    assert!(transport.request_count() >= 3, "retried meanwhile");
+    assert_eq!(flags.snapshot().source(), Source::Defaults);
+
+    // It turns true as soon as the API recovers.
+    transport.set(ok(json!({"a": 1})));
+    assert!(flags.wait_until_ready(secs(60)).await);
+    assert_eq!(flags.get_i64("a"), Some(1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn saved_record_holds_flags_and_etag_but_not_the_profile_id() {
+    let profile = "profile-5ecret-0123456789";
+    let store = MemoryStore::new();
+    let transport = ScriptedTransport::new();
+    transport.set(ok(json!({"a": 1, "b": {"k": [1, 2]}})).header("etag", "\"e1\""));
+    let flags = Flags::builder()
+        .transport(transport.clone())
+        .store(store.clone())
+        .profile_id(profile)
+        .environment(Environment::Rc)
+        .build()
+        .unwrap();
+    assert!(flags.wait_until_ready(secs(1)).await);
+    idle().await;
+    let record = store.get().expect("a record was saved");
+    let snap = flags.snapshot();
+
+    assert_eq!(record.version, CacheRecord::VERSION);
+    assert_eq!(
+        Value::Object(record.flags.clone()),
+        json!({"a": 1, "b": {"k": [1, 2]}})
+    );
+    assert_eq!(record.etag.as_deref(), Some("\"e1\""));
+    assert_eq!(Some(record.cache_timestamp), snap.cache_timestamp());
+    assert!(!record.key.contains(profile), "key: {}", record.key);
+    let serialized = serde_json::to_string(&record).unwrap();
+    assert!(!serialized.contains(profile), "{serialized}");
+    // The request itself does carry it, as user=.
+    let url = transport.requests()[0].url.clone();
+    assert!(url.query_pairs().any(|(k, v)| k == "user" && v == profile));
+}
