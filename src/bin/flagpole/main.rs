@@ -8,7 +8,6 @@ use clap::error::ErrorKind;
 use clap::Parser;
 use flagpole::{FileStore, Flags, FlagsBuilder, Status};
 use serde_json::Value;
-use tokio::io::AsyncWriteExt as _;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -16,6 +15,7 @@ mod args;
 mod output;
 
 use args::{Cli, Command, Common};
+use output::{Event, Get};
 
 /// A failure and the exit code it maps to.
 enum Failure {
@@ -173,14 +173,14 @@ async fn get(flags: &Flags, refresh: bool) -> std::io::Result<()> {
             .unwrap_or(Status::Stopped);
         outcome.last_error().map(ToString::to_string)
     };
-    output::emit(&output::get(&flags.snapshot(), error))
+    output::emit(&Get::new(&flags.snapshot(), error))
 }
 
 async fn watch(flags: &Flags) -> std::io::Result<()> {
     let mut snapshots = flags.subscribe();
     let mut status = flags.status_receiver();
-    output::emit(&output::snapshot_event(&snapshots.borrow_and_update()))?;
-    output::emit(&output::status_event(&status.borrow_and_update()))?;
+    output::emit(&Event::snapshot(&snapshots.borrow_and_update()))?;
+    output::emit(&Event::status(&status.borrow_and_update()))?;
     let mut commands = stdin_lines();
     let mut refreshes: JoinSet<Result<_, flagpole::Error>> = JoinSet::new();
     let mut stop = stop_signal()?;
@@ -191,13 +191,13 @@ async fn watch(flags: &Flags) -> std::io::Result<()> {
             changed = snapshots.changed() => {
                 if changed.is_err() { break }
                 let snapshot = snapshots.borrow_and_update().clone();
-                output::emit(&output::snapshot_event(&snapshot))?;
+                output::emit(&Event::snapshot(&snapshot))?;
             }
             changed = status.changed() => {
                 if changed.is_err() { break }
                 let now = status.borrow_and_update().clone();
                 if now.is_stopped() { break }
-                output::emit(&output::status_event(&now))?;
+                output::emit(&Event::status(&now))?;
             }
             Some(done) = refreshes.join_next(), if !refreshes.is_empty() => {
                 let result = match done {
@@ -205,7 +205,7 @@ async fn watch(flags: &Flags) -> std::io::Result<()> {
                     Ok(Err(e)) => Err(e.to_string()),
                     Err(e) => Err(e.to_string()),
                 };
-                output::emit(&output::refresh_event(result))?;
+                output::emit(&Event::refresh(result))?;
             }
             line = commands.recv() => match line.as_deref().map(str::trim) {
                 None => {} // stdin closed: keep watching, stop reading
@@ -219,9 +219,7 @@ async fn watch(flags: &Flags) -> std::io::Result<()> {
         }
     }
     flags.shutdown().await;
-    let mut stdout = tokio::io::stdout();
-    stdout.flush().await?;
-    output::emit(&output::status_event(&Status::Stopped))
+    output::emit(&Event::status(&Status::Stopped))
 }
 
 /// Lines of stdin from a plain thread: tokio's stdin would hold the runtime open on exit while a

@@ -1,58 +1,86 @@
-//! The JSON written on stdout, one object per line.
+//! The JSON written on stdout, one object per line, keys in the documented order.
 
 use std::io::Write;
 use std::time::Instant;
 
-use flagpole::{Snapshot, Status};
-use serde_json::{json, Value};
+use flagpole::{Snapshot, Source, Status};
+use serde::Serialize;
+use serde_json::{Map, Value};
 
-pub(crate) fn snapshot_fields(snapshot: &Snapshot) -> serde_json::Map<String, Value> {
-    let mut out = serde_json::Map::new();
-    out.insert("source".into(), json!(snapshot.source()));
-    out.insert("cache_timestamp".into(), json!(snapshot.cache_timestamp()));
-    out.insert("flags".into(), Value::Object(snapshot.to_json()));
-    out
+/// `flagpole get`.
+#[derive(Serialize)]
+pub(crate) struct Get {
+    source: Source,
+    cache_timestamp: Option<u64>,
+    flags: Map<String, Value>,
+    error: Option<String>,
 }
 
-pub(crate) fn get(snapshot: &Snapshot, error: Option<String>) -> Value {
-    let mut out = snapshot_fields(snapshot);
-    out.insert("error".into(), json!(error));
-    Value::Object(out)
+impl Get {
+    pub(crate) fn new(snapshot: &Snapshot, error: Option<String>) -> Self {
+        Get {
+            source: snapshot.source(),
+            cache_timestamp: snapshot.cache_timestamp(),
+            flags: snapshot.to_json(),
+            error,
+        }
+    }
 }
 
-pub(crate) fn snapshot_event(snapshot: &Snapshot) -> Value {
-    let mut out = serde_json::Map::new();
-    out.insert("event".into(), json!("snapshot"));
-    out.extend(snapshot_fields(snapshot));
-    Value::Object(out)
+/// `flagpole watch` lines.
+#[derive(Serialize)]
+#[serde(tag = "event", rename_all = "lowercase")]
+pub(crate) enum Event {
+    Snapshot {
+        source: Source,
+        cache_timestamp: Option<u64>,
+        flags: Map<String, Value>,
+    },
+    Status {
+        status: &'static str,
+        error: Option<String>,
+        next_retry_ms: Option<u64>,
+    },
+    Refresh {
+        ok: bool,
+        error: Option<String>,
+    },
 }
 
-pub(crate) fn status_event(status: &Status) -> Value {
-    let next_retry_ms = match status {
-        Status::Stale {
-            next_retry: Some(at),
-            ..
-        } => Some(at.saturating_duration_since(Instant::now()).as_millis() as u64),
-        _ => None,
-    };
-    json!({
-        "event": "status",
-        "status": status.as_str(),
-        "error": status.last_error().map(ToString::to_string),
-        "next_retry_ms": next_retry_ms,
-    })
-}
+impl Event {
+    pub(crate) fn snapshot(snapshot: &Snapshot) -> Self {
+        Event::Snapshot {
+            source: snapshot.source(),
+            cache_timestamp: snapshot.cache_timestamp(),
+            flags: snapshot.to_json(),
+        }
+    }
 
-pub(crate) fn refresh_event(result: Result<(), String>) -> Value {
-    json!({
-        "event": "refresh",
-        "ok": result.is_ok(),
-        "error": result.err(),
-    })
+    pub(crate) fn status(status: &Status) -> Self {
+        let next_retry_ms = match status {
+            Status::Stale {
+                next_retry: Some(at),
+                ..
+            } => Some(at.saturating_duration_since(Instant::now()).as_millis() as u64),
+            _ => None,
+        };
+        Event::Status {
+            status: status.as_str(),
+            error: status.last_error().map(ToString::to_string),
+            next_retry_ms,
+        }
+    }
+
+    pub(crate) fn refresh(result: Result<(), String>) -> Self {
+        Event::Refresh {
+            ok: result.is_ok(),
+            error: result.err(),
+        }
+    }
 }
 
 /// Writes one line and flushes, so a reader on a pipe sees each event at once.
-pub(crate) fn emit(value: &Value) -> std::io::Result<()> {
+pub(crate) fn emit(value: &impl Serialize) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer(&mut out, value)?;
     out.write_all(b"\n")?;
