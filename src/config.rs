@@ -133,6 +133,7 @@ pub(crate) struct Config {
     pub(crate) schedule_jitter: f64,
     pub(crate) defaults: HashMap<String, Value>,
     pub(crate) enabled: bool,
+    pub(crate) polling: bool,
 }
 
 impl Config {
@@ -175,6 +176,7 @@ impl Config {
 /// | [`store`](Self::store) | none: nothing persists between runs |
 /// | [`default_flag`](Self::default_flag) / [`defaults`](Self::defaults) | none |
 /// | [`enabled`](Self::enabled) | `true` |
+/// | [`polling`](Self::polling) | `true`: fetch on the interval and retry failures |
 /// | [`cancellation_token`](Self::cancellation_token) | a new token |
 /// | [`http_client`](Self::http_client) / [`transport`](Self::transport) | a new `reqwest::Client` (rustls) |
 ///
@@ -209,6 +211,7 @@ pub struct FlagsBuilder {
     schedule_jitter: f64,
     defaults: HashMap<String, Value>,
     enabled: bool,
+    polling: bool,
     store: Option<Arc<dyn Store>>,
     token: Option<CancellationToken>,
     http_client: Option<reqwest::Client>,
@@ -250,6 +253,7 @@ impl Default for FlagsBuilder {
             schedule_jitter: DEFAULT_SCHEDULE_JITTER,
             defaults: HashMap::new(),
             enabled: true,
+            polling: true,
             store: None,
             token: None,
             http_client: None,
@@ -365,6 +369,14 @@ impl FlagsBuilder {
         self
     }
 
+    /// Whether the poller fetches on its own (the default). Off ("manual mode"): it fetches once
+    /// at start when there is no fresh cache, then only when [`Flags::refresh`] is called, and
+    /// never retries; for one-shot tools and for callers that drive refreshes themselves.
+    pub fn polling(mut self, polling: bool) -> Self {
+        self.polling = polling;
+        self
+    }
+
     /// A token whose cancellation stops the poller (a child token is used, so dropping the
     /// handle never cancels the caller's token).
     pub fn cancellation_token(mut self, token: CancellationToken) -> Self {
@@ -457,6 +469,7 @@ impl FlagsBuilder {
             schedule_jitter: self.schedule_jitter,
             defaults: self.defaults.clone(),
             enabled: self.enabled,
+            polling: self.polling,
         })
     }
 }

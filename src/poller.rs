@@ -172,9 +172,10 @@ impl Poller {
                 // A fresh cache is served without any request until it expires. The first fetch
                 // is exactly at expiry: jitter would have to move it earlier, and nothing is
                 // requested while the cache is fresh. Schedule jitter applies from then on.
-                self.set_status(Status::Fresh);
-                self.next_fetch = Some(Instant::now() + (self.config.fetch_interval - age));
+                // Flags first, then the status: whoever sees "fresh" must read the cached flags.
                 self.publish_remote();
+                self.set_status(Status::Fresh);
+                self.schedule(self.config.fetch_interval - age);
                 return true;
             }
             self.publish_remote();
@@ -255,7 +256,7 @@ impl Poller {
         match fresh_for {
             Some(remaining) => {
                 self.set_status(Status::Fresh);
-                self.next_fetch = Some(Instant::now() + remaining);
+                self.schedule(remaining);
             }
             None => {
                 self.set_status(Status::Initializing);
@@ -302,7 +303,6 @@ impl Poller {
     }
 
     async fn finish(&mut self, outcome: Outcome) {
-        let replies = std::mem::take(&mut self.waiting);
         let result = match outcome {
             Outcome::Fetched { flags, etag } => {
                 tracing::debug!(flags = flags.len(), "fetched flags");
@@ -312,7 +312,7 @@ impl Poller {
                     cache_timestamp: now_ms(),
                     etag,
                 });
-                Ok(self.succeeded())
+                Ok(self.succeeded().await)
             }
             Outcome::NotModified => {
                 tracing::debug!("flags not modified");
@@ -320,34 +320,40 @@ impl Poller {
                     remote.source = Source::Network;
                     remote.cache_timestamp = now_ms();
                 }
-                Ok(self.succeeded())
+                Ok(self.succeeded().await)
             }
             Outcome::Failed { error, retry_after } => {
                 self.failed(&error, retry_after);
                 Err(error)
             }
         };
-        for reply in replies {
+        for reply in std::mem::take(&mut self.waiting) {
             let _ = reply.send(result.clone());
         }
         if !self.queued.is_empty() {
             self.waiting = std::mem::take(&mut self.queued);
             self.start_fetch();
         }
-        if result.is_ok() {
-            self.save().await;
-        }
     }
 
-    fn succeeded(&mut self) -> Arc<Snapshot> {
+    /// Publishes the new flags at once, persists them, and only then reports "fresh", so that a
+    /// caller who stops on seeing "fresh" (or a refresh answer) never loses the save.
+    async fn succeeded(&mut self) -> Arc<Snapshot> {
         self.backoff.reset();
         self.rejection_logged = false;
         self.stale_since = None;
         let jitter = self.config.schedule_jitter * fastrand::f64();
-        self.next_fetch = Some(Instant::now() + self.config.fetch_interval.mul_f64(1.0 - jitter));
+        self.schedule(self.config.fetch_interval.mul_f64(1.0 - jitter));
         let snapshot = self.publish_remote();
+        self.save().await;
         self.set_status(Status::Fresh);
         snapshot
+    }
+
+    /// The next automatic fetch, `delay` from now; none when polling is off.
+    fn schedule(&mut self, delay: Duration) -> Option<Instant> {
+        self.next_fetch = self.config.polling.then(|| Instant::now() + delay);
+        self.next_fetch
     }
 
     fn failed(&mut self, error: &Error, retry_after: Option<Duration>) {
@@ -370,15 +376,14 @@ impl Poller {
             delay_ms = delay.as_millis() as u64,
             "next flag fetch scheduled"
         );
-        let next = Instant::now() + delay;
-        self.next_fetch = Some(next);
+        let next = self.schedule(delay);
         let since = *self
             .stale_since
             .get_or_insert_with(|| Instant::now().into_std());
         self.set_status(Status::Stale {
             since,
             last_error: error.clone(),
-            next_retry: Some(next.into_std()),
+            next_retry: next.map(Instant::into_std),
         });
     }
 

@@ -411,29 +411,19 @@ async fn get_accepts_options_before_the_subcommand() {
     );
 }
 
-/// Runs `get` (args given) until it has written `cache`, at most three times. A successful
-/// `get` sometimes exits without saving the cache (see
-/// `get_saves_the_cache_before_exiting_under_load`); retrying here keeps the tests that only
-/// need a seeded cache from inheriting that flakiness.
+/// Runs a good `get` (args given) and checks that it wrote `cache` before exiting.
 async fn seed_cache(args: &[&str], cache: &Path) -> Value {
-    for attempt in 1..=3 {
-        let out = run(args).await;
-        out.assert_success();
-        let value = out.get_json();
-        assert_eq!(value["source"], "network", "{out:#?}");
-        assert_eq!(value["error"], Value::Null, "{out:#?}");
-        if cache.is_file() {
-            return value;
-        }
-        eprintln!(
-            "BUG (cache save race): good `get` #{attempt} exited without writing {}",
-            cache.display()
-        );
-    }
-    panic!(
-        "three good `get` runs never wrote the cache file {}",
+    let out = run(args).await;
+    out.assert_success();
+    let value = out.get_json();
+    assert_eq!(value["source"], "network", "{out:#?}");
+    assert_eq!(value["error"], Value::Null, "{out:#?}");
+    assert!(
+        cache.is_file(),
+        "a good `get` exited without writing {}",
         cache.display()
     );
+    value
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -449,20 +439,7 @@ async fn get_serves_a_fresh_cache_without_a_request() {
     let before = request_count(&server).await;
     assert!(before >= 1);
 
-    // A run may print the defaults instead of the cache it loaded (see
-    // get_prints_the_fresh_cache_it_loaded_under_load, ignored for that bug): allow two retries
-    // for that signature only. Every run must still make no request.
-    let mut second = run(&args).await;
-    for attempt in 1..=2 {
-        second.assert_success();
-        let value = second.get_json();
-        if value["source"] != "defaults" || !value["error"].is_null() {
-            break;
-        }
-        eprintln!("BUG (fresh cache status race): run #{attempt} printed {value}");
-        assert_eq!(request_count(&server).await, before, "{second:#?}");
-        second = run(&args).await;
-    }
+    let second = run(&args).await;
     second.assert_success();
     let value = second.get_json();
     assert_eq!(value["source"], "cache", "{second:#?}");
@@ -481,10 +458,6 @@ async fn get_serves_a_fresh_cache_without_a_request() {
 
 /// Many `get` runs at once on one fresh cache: every one must print the cached flags.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "bug: `flagpole get` with a fresh cache sometimes prints \
-            {\"source\":\"defaults\",\"flags\":{},\"error\":null}: at start-up the poller sets \
-            the Fresh status before it publishes the cached snapshot, and `get` reads the \
-            snapshot as soon as the status leaves Initializing"]
 async fn get_prints_the_fresh_cache_it_loaded_under_load() {
     const RUNS: usize = 64;
     const ROUNDS: usize = 8;
@@ -535,8 +508,6 @@ async fn get_prints_the_fresh_cache_it_loaded_under_load() {
 /// Many `get` runs at once, each with its own cache file: every one that printed network flags
 /// must have saved them before exiting.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "bug: a successful `flagpole get` sometimes exits without writing --cache-file \
-            (shutdown cancels the poller's save, which starts after the Fresh status `get` waits for)"]
 async fn get_saves_the_cache_before_exiting_under_load() {
     const RUNS: usize = 64;
     let server = server_with_flags().await;
@@ -631,10 +602,6 @@ async fn concurrent_gets(runs: usize, args: impl Fn(usize) -> Vec<String>) -> Ve
 /// `--refresh` without a cache (ok and failing server) and for an expired cache with a failing
 /// server.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "bug: under load `flagpole get` sometimes makes two requests: with --refresh and no \
-            fresh cache the start-up fetch begins before the refresh command is handled, so the \
-            refresh is queued and fetches again; with --fetch-interval 1ms and a failing server \
-            the retry (delay capped at 1 ms) starts before `get` shuts the poller down"]
 async fn get_is_one_attempt_under_load() {
     const RUNS: usize = 32;
     let mut extra = Vec::new();
@@ -851,12 +818,8 @@ async fn get_falls_back_to_an_expired_cache_on_http_500() {
     );
     let error = value["error"].as_str().expect("an error string");
     assert!(error.contains("500"), "{error}");
-    // One attempt is the contract; a second one can slip out under load (the 1 ms interval
-    // caps the retry delay at 1 ms): see get_is_one_attempt_under_load, ignored for that bug.
-    assert!(
-        (1..=2).contains(&request_count(&server).await),
-        "an expired cache is refetched"
-    );
+    // One attempt: the expired cache is refetched once, with no retry.
+    assert_eq!(request_count(&server).await, 1, "one attempt");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1151,28 +1114,16 @@ async fn env_vars_cover_the_other_options() {
     ];
     let mut expected = expected_query("mobile", "flask", "rc");
     expected.insert("user".into(), "env-profile".into());
-    // Up to three runs: a good run may exit before saving its cache (see
-    // get_saves_the_cache_before_exiting_under_load).
-    for attempt in 1..=3 {
-        let out = run_env(&["get"], &envs).await;
-        out.assert_success();
-        let value = out.get_json();
-        assert_eq!(value["source"], "network", "{out:#?}");
-        assert_eq!(
-            value["flags"],
-            json!({"a": true, "b": "x", "zz": 7}),
-            "{out:#?}"
-        );
-        let received = requests(&server).await;
-        assert_eq!(received.len(), attempt);
-        for request in &received {
-            assert_eq!(query(request), expected);
-        }
-        if cache.is_file() {
-            break;
-        }
-        eprintln!("BUG (cache save race): run #{attempt} did not write FLAGPOLE_CACHE_FILE");
-    }
+    let out = run_env(&["get"], &envs).await;
+    out.assert_success();
+    let value = out.get_json();
+    assert_eq!(value["source"], "network", "{out:#?}");
+    assert_eq!(
+        value["flags"],
+        json!({"a": true, "b": "x", "zz": 7}),
+        "{out:#?}"
+    );
+    assert_eq!(only_query(&server).await, expected);
     assert!(cache.is_file(), "FLAGPOLE_CACHE_FILE was not used");
 
     // A command-line option wins over its variable.
@@ -1260,23 +1211,6 @@ async fn profile_id_is_sent_but_never_printed_logged_or_cached() {
         !out.stderr.contains(SECRET),
         "stderr leaks the id: {out:#?}"
     );
-    if !cache.is_file() {
-        // The cache save race (see get_saves_the_cache_before_exiting_under_load).
-        let args = [
-            "-vvv",
-            "get",
-            "--profile-id",
-            SECRET,
-            "--cache-file",
-            cache_str,
-            "--base-url",
-            &base,
-        ];
-        seed_cache(&args, &cache).await;
-        for request in requests(&server).await {
-            assert_eq!(query(&request), expected);
-        }
-    }
     let saved = std::fs::read(&cache).expect("the cache file was written");
     assert!(
         !String::from_utf8_lossy(&saved).contains(SECRET),

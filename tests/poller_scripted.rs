@@ -1286,3 +1286,159 @@ async fn saved_record_holds_flags_and_etag_but_not_the_profile_id() {
     let url = transport.requests()[0].url.clone();
     assert!(url.query_pairs().any(|(k, v)| k == "user" && v == profile));
 }
+
+// ---------------------------------------------------------------------------------------------
+// ordering and manual mode
+// ---------------------------------------------------------------------------------------------
+
+/// A store whose saves block until the test opens the gate.
+#[derive(Clone)]
+struct GatedStore {
+    inner: MemoryStore,
+    gate: Arc<(Mutex<bool>, std::sync::Condvar)>,
+}
+
+impl GatedStore {
+    fn new() -> Self {
+        GatedStore {
+            inner: MemoryStore::new(),
+            gate: Arc::default(),
+        }
+    }
+
+    fn open(&self) {
+        *self.gate.0.lock().unwrap() = true;
+        self.gate.1.notify_all();
+    }
+}
+
+impl flagpole::Store for GatedStore {
+    fn load(&self) -> Result<Option<CacheRecord>, Error> {
+        self.inner.load()
+    }
+
+    fn save(&self, record: &CacheRecord) -> Result<(), Error> {
+        let (open, opened) = &*self.gate;
+        let mut guard = open.lock().unwrap();
+        while !*guard {
+            guard = opened.wait(guard).unwrap();
+        }
+        self.inner.save(record)
+    }
+}
+
+/// Regression: `flagpole get` stopped on seeing "fresh" and sometimes lost the cache save.
+#[tokio::test(start_paused = true)]
+async fn fresh_status_comes_only_after_the_save() {
+    let store = GatedStore::new();
+    let transport = ScriptedTransport::new();
+    transport.set(ok(json!({"a": 1})));
+    let flags = Flags::builder()
+        .transport(transport)
+        .store(store.clone())
+        .build()
+        .unwrap();
+    // Opens the gate even when an assertion fails, so the blocked save cannot hang the runtime.
+    struct OpenOnDrop(GatedStore);
+    impl Drop for OpenOnDrop {
+        fn drop(&mut self) {
+            self.0.open();
+        }
+    }
+    let _open = OpenOnDrop(store.clone());
+    // The new flags are served at once, while the save is still blocked...
+    let mut snapshots = flags.subscribe();
+    snapshots
+        .wait_for(|s| s.source() == Source::Network)
+        .await
+        .unwrap();
+    assert_eq!(flags.get_i64("a"), Some(1));
+    // ...but "fresh" waits for the save.
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        matches!(flags.status(), Status::Initializing),
+        "status said {:?} before the save finished",
+        flags.status()
+    );
+    store.open();
+    let mut status = flags.status_receiver();
+    status.wait_for(is_fresh).await.unwrap();
+    let record = store
+        .inner
+        .get()
+        .expect("saved before the status said fresh");
+    assert_eq!(Value::Object(record.flags), json!({"a": 1}));
+}
+
+/// Regression: a fresh cache reported "fresh" before its flags were published. The race needs
+/// a second thread to observe it, so this runs on real worker threads (no sockets, no sleeps).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_cache_flags_are_served_when_the_status_says_fresh() {
+    let (store, _) = seeded_store(same_params, json!({"a": "cached"})).await;
+    for _ in 0..200 {
+        let flags = Flags::builder()
+            .transport(ScriptedTransport::new())
+            .store(store.clone())
+            .build()
+            .unwrap();
+        let mut status = flags.status_receiver();
+        status.wait_for(is_fresh).await.unwrap();
+        let snapshot = flags.snapshot();
+        assert_eq!(snapshot.source(), Source::Cache);
+        assert_eq!(snapshot.get_str("a"), Some("cached"));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn manual_mode_fetches_once_then_only_on_refresh_and_never_retries() {
+    let transport = ScriptedTransport::new();
+    transport.push(ok(json!({"v": 1})));
+    transport.push(ScriptedResponse::status(500));
+    transport.push(ok(json!({"v": 3})));
+    let recorder = Recorder::new(&transport);
+    let flags = Flags::builder()
+        .transport(recorder.clone())
+        .polling(false)
+        .fetch_interval(secs(10))
+        .backoff_initial(secs(1))
+        .build()
+        .unwrap();
+    assert!(flags.wait_until_ready(secs(1)).await);
+    assert_eq!(recorder.count(), 1, "one fetch at start: no fresh cache");
+    sleep(secs(100)).await;
+    assert_eq!(recorder.count(), 1, "no scheduled fetch after the interval");
+
+    let err = flags.refresh().await.unwrap_err();
+    assert_eq!(err.status(), Some(500));
+    match flags.status() {
+        Status::Stale { next_retry, .. } => assert_eq!(next_retry, None, "no retry planned"),
+        other => panic!("expected stale, got {other:?}"),
+    }
+    sleep(secs(100)).await;
+    assert_eq!(recorder.count(), 2, "no retry after a failure");
+    assert_eq!(flags.get_i64("v"), Some(1), "last good flags kept");
+
+    assert_eq!(flags.refresh().await.unwrap().get_i64("v"), Some(3));
+    assert_eq!(recorder.count(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn manual_mode_with_a_fresh_cache_makes_no_request() {
+    let (store, _) = seeded_store(same_params, json!({"a": true})).await;
+    let transport = ScriptedTransport::new();
+    transport.set(ok(json!({"a": false})));
+    let recorder = Recorder::new(&transport);
+    let flags = Flags::builder()
+        .transport(recorder.clone())
+        .store(store)
+        .polling(false)
+        .fetch_interval(secs(10))
+        .build()
+        .unwrap();
+    assert!(flags.wait_until_ready(secs(1)).await);
+    sleep(secs(100)).await;
+    assert_eq!(recorder.count(), 0, "neither at start nor at expiry");
+    assert_eq!(flags.get_bool("a"), Some(true));
+}

@@ -161,7 +161,7 @@ mod tests {
             parse_default("a=true").unwrap(),
             ("a".into(), Value::Bool(true))
         );
-        assert_eq!(parse_default("a=b=\"c\"").unwrap().1, Value::from("c"));
+        assert_eq!(parse_default("a=\"b=c\"").unwrap().1, Value::from("b=c"));
         assert!(parse_default("a").unwrap_err().contains("NAME=JSON"));
         assert!(parse_default("=1").unwrap_err().contains("empty"));
         assert!(parse_default("a=text")

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::error::ErrorKind;
 use clap::Parser;
-use flagpole::{FileStore, Flags, FlagsBuilder, Status};
+use flagpole::{FileStore, Flags, FlagsBuilder, Source, Status};
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -90,12 +90,18 @@ fn init_logs(verbose: u8) {
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
-    let flags = builder(&cli.common)?.build().map_err(|e| match e {
-        flagpole::Error::Config { .. } => Failure::Usage(e.to_string()),
-        other => Failure::Other(other.to_string()),
-    })?;
+    // `get` is one attempt: the poller fetches at start only when the cache is not fresh, and
+    // neither retries nor schedules anything after that.
+    let one_shot = matches!(cli.command, Command::Get { .. });
+    let flags = builder(&cli.common)?
+        .polling(!one_shot)
+        .build()
+        .map_err(|e| match e {
+            flagpole::Error::Config { .. } => Failure::Usage(e.to_string()),
+            other => Failure::Other(other.to_string()),
+        })?;
     let written = match cli.command {
-        Command::Get { refresh } => get(&flags, refresh && !cli.common.disabled).await,
+        Command::Get { refresh } => get(&flags, refresh).await,
         Command::Watch => watch(&flags).await,
     };
     flags.shutdown().await;
@@ -160,18 +166,19 @@ fn cache_path(common: &Common) -> Option<PathBuf> {
 }
 
 async fn get(flags: &Flags, refresh: bool) -> std::io::Result<()> {
-    let error = if refresh {
+    // The poller's first outcome: a fresh cache (no request), or the one fetch it makes at start.
+    let mut status = flags.status_receiver();
+    let first = status
+        .wait_for(|s| !matches!(s, Status::Initializing))
+        .await
+        .map(|s| s.clone())
+        .unwrap_or(Status::Stopped);
+    let from_fresh_cache =
+        matches!(first, Status::Fresh) && flags.snapshot().source() == Source::Cache;
+    let error = if refresh && from_fresh_cache {
         flags.refresh().await.err().map(|e| e.to_string())
     } else {
-        // The poller's first outcome: a fresh cache, a fetch, or a failure (one attempt: the
-        // retry it schedules is cut short by the shutdown that follows).
-        let mut status = flags.status_receiver();
-        let outcome = status
-            .wait_for(|s| !matches!(s, Status::Initializing))
-            .await
-            .map(|s| s.clone())
-            .unwrap_or(Status::Stopped);
-        outcome.last_error().map(ToString::to_string)
+        first.last_error().map(ToString::to_string)
     };
     output::emit(&Get::new(&flags.snapshot(), error))
 }
