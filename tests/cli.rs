@@ -3,9 +3,11 @@
 //! Every run passes `--no-cache` or `--cache-file <temp dir>` so the real home cache is never
 //! touched, and every wait is bounded: a hung child fails its test and is killed.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -13,6 +15,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::{json, Value};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use support::{closed_port_base, requests};
 
 /// The bound on any wait that should take well under a second.
 const WAIT: Duration = Duration::from_secs(10);
@@ -99,6 +103,8 @@ fn run_blocking(mut cmd: Command) -> Output {
 /// A finished run.
 #[derive(Debug)]
 struct Run {
+    /// The arguments it ran with, so that a failure message names the run.
+    args: Vec<String>,
     code: Option<i32>,
     stdout: String,
     stderr: String,
@@ -143,13 +149,33 @@ impl Run {
     fn assert_success(&self) {
         assert_eq!(self.code, Some(0), "{self:#?}");
     }
+
+    /// A successful `get` that served from `source`: its JSON line.
+    fn assert_served(&self, source: &str) -> Value {
+        self.assert_success();
+        let value = self.get_json();
+        assert_eq!(value["source"], source, "{self:#?}");
+        value
+    }
+
+    /// A successful `get` that served `flags` from `source`: its JSON line.
+    fn assert_served_flags(&self, source: &str, flags: Value) -> Value {
+        let value = self.assert_served(source);
+        assert_eq!(value["flags"], flags, "{self:#?}");
+        value
+    }
 }
 
 async fn run_cmd(cmd: Command) -> Run {
+    let args = cmd
+        .get_args()
+        .map(|arg| arg.to_string_lossy().into_owned())
+        .collect();
     let out = tokio::task::spawn_blocking(move || run_blocking(cmd))
         .await
         .expect("runner thread");
     Run {
+        args,
         code: out.status.code(),
         stdout: String::from_utf8(out.stdout).expect("stdout is UTF-8"),
         stderr: String::from_utf8(out.stderr).expect("stderr is UTF-8"),
@@ -205,11 +231,10 @@ async fn server_with_flags() -> MockServer {
     server
 }
 
-async fn requests(server: &MockServer) -> Vec<wiremock::Request> {
+async fn server_with_status(status: u16) -> MockServer {
+    let server = MockServer::start().await;
+    mount_status(&server, status).await;
     server
-        .received_requests()
-        .await
-        .expect("request recording is on")
 }
 
 async fn request_count(server: &MockServer) -> usize {
@@ -243,7 +268,8 @@ async fn only_query(server: &MockServer) -> BTreeMap<String, String> {
 // help
 // ---------------------------------------------------------------------------------------------
 
-const ALL_OPTIONS: &[&str] = &[
+/// The options of both `get` and `watch`.
+const COMMON_OPTIONS: &[&str] = &[
     "--base-url",
     "--client",
     "--distribution",
@@ -259,7 +285,6 @@ const ALL_OPTIONS: &[&str] = &[
     "--disabled",
     "--default",
     "--defaults-file",
-    "--verbose",
 ];
 
 const ALL_DEFAULTS: &[&str] = &[
@@ -279,24 +304,7 @@ fn help_lists_every_option_with_defaults() {
     let out = run_blocking(cmd);
     assert!(out.status.success());
     let help = String::from_utf8(out.stdout).unwrap();
-    for option in [
-        "--base-url",
-        "--client",
-        "--distribution",
-        "--environment",
-        "--profile-id",
-        "--client-version",
-        "--fetch-interval",
-        "--timeout",
-        "--backoff-initial",
-        "--backoff-max",
-        "--cache-file",
-        "--no-cache",
-        "--disabled",
-        "--default",
-        "--defaults-file",
-        "--refresh",
-    ] {
+    for option in COMMON_OPTIONS.iter().chain(&["--refresh"]) {
         assert!(help.contains(option), "{option} missing from help:\n{help}");
     }
     assert!(help.contains("[default: 1d]"), "{help}");
@@ -306,7 +314,8 @@ async fn assert_help(args: &[&str], extra: &[&str]) {
     let out = run(args).await;
     out.assert_success();
     assert!(out.stderr.is_empty(), "{out:#?}");
-    for needle in ALL_OPTIONS.iter().chain(ALL_DEFAULTS).chain(extra) {
+    let options = COMMON_OPTIONS.iter().chain(&["--verbose"]);
+    for needle in options.chain(ALL_DEFAULTS).chain(extra) {
         assert!(
             out.stdout.contains(needle),
             "`{needle}` missing from `flagpole {}`:\n{}",
@@ -341,10 +350,7 @@ async fn get_from_network_with_default_query() {
     let out = run(&["get", "--no-cache", "--base-url", &v1(&server)]).await;
     let after = now_ms();
     eprint!("get transcript (stdout):\n{}", out.stdout);
-    out.assert_success();
-    let value = out.get_json();
-    assert_eq!(value["source"], "network", "{out:#?}");
-    assert_eq!(value["flags"], flags_map(), "{out:#?}");
+    let value = out.assert_served_flags("network", flags_map());
     assert_eq!(value["error"], Value::Null, "{out:#?}");
     let ts = value["cache_timestamp"]
         .as_u64()
@@ -359,26 +365,29 @@ async fn get_from_network_with_default_query() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn get_query_follows_client_distribution_environment_options() {
-    let server = server_with_flags().await;
-    let out = run(&[
-        "get",
+/// `--no-cache`, the server at `base`, the mobile client, the flask distribution and `environment`.
+fn mobile_flask_options<'a>(base: &'a str, environment: &'a str) -> Vec<&'a str> {
+    vec![
         "--no-cache",
         "--base-url",
-        &v1(&server),
+        base,
         "--client",
         "mobile",
         "--distribution",
         "flask",
         "--environment",
-        "rc",
-    ])
-    .await;
-    out.assert_success();
-    let value = out.get_json();
-    assert_eq!(value["source"], "network", "{out:#?}");
-    assert_eq!(value["flags"], flags_map(), "{out:#?}");
+        environment,
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn get_query_follows_client_distribution_environment_options() {
+    let server = server_with_flags().await;
+    let base = v1(&server);
+    let mut args = vec!["get"];
+    args.extend(mobile_flask_options(&base, "rc"));
+    let out = run(&args).await;
+    out.assert_served_flags("network", flags_map());
     assert_eq!(
         only_query(&server).await,
         expected_query("mobile", "flask", "rc")
@@ -388,23 +397,11 @@ async fn get_query_follows_client_distribution_environment_options() {
 #[tokio::test(flavor = "multi_thread")]
 async fn get_accepts_options_before_the_subcommand() {
     let server = server_with_flags().await;
-    let out = run(&[
-        "--no-cache",
-        "--base-url",
-        &v1(&server),
-        "--client",
-        "mobile",
-        "--distribution",
-        "flask",
-        "--environment",
-        "dev",
-        "get",
-    ])
-    .await;
-    out.assert_success();
-    let value = out.get_json();
-    assert_eq!(value["source"], "network", "{out:#?}");
-    assert_eq!(value["flags"], flags_map(), "{out:#?}");
+    let base = v1(&server);
+    let mut args = mobile_flask_options(&base, "dev");
+    args.push("get");
+    let out = run(&args).await;
+    out.assert_served_flags("network", flags_map());
     assert_eq!(
         only_query(&server).await,
         expected_query("mobile", "flask", "dev")
@@ -414,9 +411,7 @@ async fn get_accepts_options_before_the_subcommand() {
 /// Runs a good `get` (args given) and checks that it wrote `cache` before exiting.
 async fn seed_cache(args: &[&str], cache: &Path) -> Value {
     let out = run(args).await;
-    out.assert_success();
-    let value = out.get_json();
-    assert_eq!(value["source"], "network", "{out:#?}");
+    let value = out.assert_served("network");
     assert_eq!(value["error"], Value::Null, "{out:#?}");
     assert!(
         cache.is_file(),
@@ -426,31 +421,69 @@ async fn seed_cache(args: &[&str], cache: &Path) -> Value {
     value
 }
 
+/// A server with the usual flags, and a cache file in a new temp dir that a good
+/// `get --cache-file <cache> --base-url <server>` has filled.
+struct SeededCache {
+    server: MockServer,
+    /// The server's `/v1` URL.
+    base: String,
+    path: PathBuf,
+    /// The JSON line of the `get` that filled the cache.
+    first: Value,
+    _dir: tempfile::TempDir,
+}
+
+impl SeededCache {
+    /// Seeds `file`, a path relative to the temp dir.
+    async fn new(file: &str) -> SeededCache {
+        let server = server_with_flags().await;
+        let base = v1(&server);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(file);
+        let cache = path.to_str().unwrap();
+        let first = seed_cache(&["get", "--cache-file", cache, "--base-url", &base], &path).await;
+        SeededCache {
+            server,
+            base,
+            path,
+            first,
+            _dir: dir,
+        }
+    }
+
+    fn cache(&self) -> &str {
+        self.path.to_str().unwrap()
+    }
+
+    /// The arguments of the `get` that filled the cache, then `extra`.
+    fn get_args<'a>(&'a self, extra: &[&'a str]) -> Vec<&'a str> {
+        let mut args = vec![
+            "get",
+            "--cache-file",
+            self.cache(),
+            "--base-url",
+            &self.base,
+        ];
+        args.extend_from_slice(extra);
+        args
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn get_serves_a_fresh_cache_without_a_request() {
-    let server = server_with_flags().await;
-    let dir = tempfile::tempdir().unwrap();
-    let cache_path = dir.path().join("nested").join("flags.json");
-    let cache = cache_path.to_str().unwrap();
-    let base = v1(&server);
-    let args = ["get", "--cache-file", cache, "--base-url", &base];
-
-    let first_value = seed_cache(&args, &cache_path).await;
-    let before = request_count(&server).await;
+    let seeded = SeededCache::new("nested/flags.json").await;
+    let before = request_count(&seeded.server).await;
     assert!(before >= 1);
 
-    let second = run(&args).await;
-    second.assert_success();
-    let value = second.get_json();
-    assert_eq!(value["source"], "cache", "{second:#?}");
-    assert_eq!(value["flags"], flags_map(), "{second:#?}");
+    let second = run(&seeded.get_args(&[])).await;
+    let value = second.assert_served_flags("cache", flags_map());
     assert_eq!(value["error"], Value::Null, "{second:#?}");
     assert_eq!(
-        value["cache_timestamp"], first_value["cache_timestamp"],
+        value["cache_timestamp"], seeded.first["cache_timestamp"],
         "the cache keeps the fetch time"
     );
     assert_eq!(
-        request_count(&server).await,
+        request_count(&seeded.server).await,
         before,
         "a fresh cache must be served without a request"
     );
@@ -461,24 +494,13 @@ async fn get_serves_a_fresh_cache_without_a_request() {
 async fn get_prints_the_fresh_cache_it_loaded_under_load() {
     const RUNS: usize = 64;
     const ROUNDS: usize = 8;
-    let server = server_with_flags().await;
-    let dir = tempfile::tempdir().unwrap();
-    let cache_path = dir.path().join("flags.json");
-    let cache = cache_path.to_str().unwrap().to_owned();
-    let base = v1(&server);
-    seed_cache(
-        &["get", "--cache-file", &cache, "--base-url", &base],
-        &cache_path,
-    )
-    .await;
-    let before = request_count(&server).await;
+    let seeded = SeededCache::new("flags.json").await;
+    let before = request_count(&seeded.server).await;
     let mut wrong = Vec::new();
     // The window is narrow: up to ROUNDS rounds of RUNS runs at once, stopping at a wrong one.
     for _ in 0..ROUNDS {
         let outs = concurrent_gets(RUNS, |_| {
-            ["get", "--cache-file", &cache, "--base-url", &base]
-                .map(String::from)
-                .to_vec()
+            seeded.get_args(&[]).into_iter().map(String::from).collect()
         })
         .await;
         for out in outs {
@@ -493,7 +515,7 @@ async fn get_prints_the_fresh_cache_it_loaded_under_load() {
         }
     }
     assert_eq!(
-        request_count(&server).await,
+        request_count(&seeded.server).await,
         before,
         "a fresh cache was refetched"
     );
@@ -531,8 +553,7 @@ async fn get_saves_the_cache_before_exiting_under_load() {
     let mut missing = Vec::new();
     while let Some(joined) = tasks.join_next().await {
         let (cache, out) = joined.unwrap();
-        out.assert_success();
-        assert_eq!(out.get_json()["source"], "network", "{out:#?}");
+        out.assert_served("network");
         if !cache.is_file() {
             missing.push(cache);
         }
@@ -547,35 +568,16 @@ async fn get_saves_the_cache_before_exiting_under_load() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn get_refresh_with_a_fresh_cache_makes_exactly_one_request() {
-    let server = server_with_flags().await;
-    let dir = tempfile::tempdir().unwrap();
-    let cache_path = dir.path().join("flags.json");
-    let cache = cache_path.to_str().unwrap();
-    let base = v1(&server);
-    seed_cache(
-        &["get", "--cache-file", cache, "--base-url", &base],
-        &cache_path,
-    )
-    .await;
+    let seeded = SeededCache::new("flags.json").await;
+    let server = &seeded.server;
 
     server.reset().await;
-    mount_flags(&server, json!([{"a": false}])).await;
-    let out = run(&[
-        "get",
-        "--refresh",
-        "--cache-file",
-        cache,
-        "--base-url",
-        &base,
-    ])
-    .await;
-    out.assert_success();
-    let value = out.get_json();
-    assert_eq!(value["source"], "network", "{out:#?}");
-    assert_eq!(value["flags"], json!({"a": false}), "{out:#?}");
+    mount_flags(server, json!([{"a": false}])).await;
+    let out = run(&seeded.get_args(&["--refresh"])).await;
+    let value = out.assert_served_flags("network", json!({"a": false}));
     assert_eq!(value["error"], Value::Null, "{out:#?}");
     assert_eq!(
-        request_count(&server).await,
+        request_count(server).await,
         1,
         "--refresh with a fresh cache: exactly one request"
     );
@@ -607,12 +609,11 @@ async fn get_is_one_attempt_under_load() {
     let mut extra = Vec::new();
 
     for status in [200, 500] {
-        let server = MockServer::start().await;
-        if status == 200 {
-            mount_flags(&server, flags_body()).await;
+        let server = if status == 200 {
+            server_with_flags().await
         } else {
-            mount_status(&server, status).await;
-        }
+            server_with_status(status).await
+        };
         let base = v1(&server);
         let outs = concurrent_gets(RUNS, |_| {
             ["get", "--refresh", "--no-cache", "--base-url", &base]
@@ -620,11 +621,9 @@ async fn get_is_one_attempt_under_load() {
                 .to_vec()
         })
         .await;
+        let expected = if status == 200 { "network" } else { "defaults" };
         for out in outs {
-            out.assert_success();
-            let value = out.get_json();
-            let expected = if status == 200 { "network" } else { "defaults" };
-            assert_eq!(value["source"], expected, "{out:#?}");
+            out.assert_served(expected);
         }
         extra.push((
             format!("get --refresh --no-cache, HTTP {status}"),
@@ -669,8 +668,7 @@ async fn get_is_one_attempt_under_load() {
     })
     .await;
     for out in outs {
-        out.assert_success();
-        assert_eq!(out.get_json()["source"], "cache", "{out:#?}");
+        out.assert_served("cache");
     }
     extra.push((
         "get --fetch-interval 1ms, expired cache, HTTP 500".to_owned(),
@@ -688,15 +686,11 @@ async fn get_is_one_attempt_under_load() {
 async fn get_refresh_without_a_cache_serves_network_or_reports_the_failure() {
     let ok = server_with_flags().await;
     let out = run(&["get", "--refresh", "--no-cache", "--base-url", &v1(&ok)]).await;
-    out.assert_success();
-    let value = out.get_json();
-    assert_eq!(value["source"], "network", "{out:#?}");
-    assert_eq!(value["flags"], flags_map(), "{out:#?}");
+    let value = out.assert_served_flags("network", flags_map());
     assert_eq!(value["error"], Value::Null, "{out:#?}");
     assert!((1..=2).contains(&request_count(&ok).await));
 
-    let failing = MockServer::start().await;
-    mount_status(&failing, 500).await;
+    let failing = server_with_status(500).await;
     let out = run(&[
         "get",
         "--refresh",
@@ -705,9 +699,7 @@ async fn get_refresh_without_a_cache_serves_network_or_reports_the_failure() {
         &v1(&failing),
     ])
     .await;
-    out.assert_success();
-    let value = out.get_json();
-    assert_eq!(value["source"], "defaults", "{out:#?}");
+    let value = out.assert_served("defaults");
     assert!(
         value["error"].as_str().is_some_and(|e| e.contains("500")),
         "{out:#?}"
@@ -717,8 +709,7 @@ async fn get_refresh_without_a_cache_serves_network_or_reports_the_failure() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn get_falls_back_to_defaults_on_http_500() {
-    let server = MockServer::start().await;
-    mount_status(&server, 500).await;
+    let server = server_with_status(500).await;
     let out = run(&[
         "get",
         "--no-cache",
@@ -728,10 +719,7 @@ async fn get_falls_back_to_defaults_on_http_500() {
         "a=false",
     ])
     .await;
-    out.assert_success();
-    let value = out.get_json();
-    assert_eq!(value["source"], "defaults", "{out:#?}");
-    assert_eq!(value["flags"], json!({"a": false}), "{out:#?}");
+    let value = out.assert_served_flags("defaults", json!({"a": false}));
     assert_eq!(value["cache_timestamp"], Value::Null, "{out:#?}");
     let error = value["error"].as_str().expect("an error string");
     assert!(
@@ -748,12 +736,7 @@ async fn get_falls_back_to_defaults_on_http_500() {
 #[tokio::test(flavor = "multi_thread")]
 async fn get_falls_back_to_defaults_when_the_server_is_unreachable() {
     // A port that was just free: connection refused.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let base = format!("http://127.0.0.1:{port}/v1");
+    let base = format!("{}/v1", closed_port_base());
     let out = run(&[
         "get",
         "--no-cache",
@@ -763,88 +746,61 @@ async fn get_falls_back_to_defaults_when_the_server_is_unreachable() {
         "b=\"fallback\"",
     ])
     .await;
-    out.assert_success();
-    let value = out.get_json();
-    assert_eq!(value["source"], "defaults", "{out:#?}");
-    assert_eq!(value["flags"], json!({"b": "fallback"}), "{out:#?}");
+    let value = out.assert_served_flags("defaults", json!({"b": "fallback"}));
     assert!(value["error"].is_string(), "{out:#?}");
 }
 
 /// A good run fills the cache, then the server fails.
-async fn cache_then_500() -> (MockServer, tempfile::TempDir, String, Value) {
-    let server = server_with_flags().await;
-    let dir = tempfile::tempdir().unwrap();
-    let cache_path = dir.path().join("flags.json");
-    let cache = cache_path.to_str().unwrap().to_owned();
-    let first_value = seed_cache(
-        &["get", "--cache-file", &cache, "--base-url", &v1(&server)],
-        &cache_path,
-    )
-    .await;
-    server.reset().await;
-    mount_status(&server, 500).await;
-    (server, dir, cache, first_value)
+async fn cache_then_500() -> SeededCache {
+    let seeded = SeededCache::new("flags.json").await;
+    seeded.server.reset().await;
+    mount_status(&seeded.server, 500).await;
+    seeded
+}
+
+impl SeededCache {
+    /// After [`cache_then_500`]: `out` served the cache with the 500 as its error, after one
+    /// attempt (the cache is refetched once, with no retry). Returns its JSON line.
+    async fn assert_fell_back_after_500(&self, out: &Run) -> Value {
+        let value = out.assert_served("cache");
+        assert_eq!(
+            value["cache_timestamp"], self.first["cache_timestamp"],
+            "{out:#?}"
+        );
+        let error = value["error"].as_str().expect("an error string");
+        assert!(error.contains("500"), "{error}");
+        assert_eq!(request_count(&self.server).await, 1, "one attempt");
+        value
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn get_falls_back_to_an_expired_cache_on_http_500() {
-    let (server, _dir, cache, first) = cache_then_500().await;
-    let out = run(&[
-        "get",
-        "--cache-file",
-        &cache,
-        "--base-url",
-        &v1(&server),
+    let seeded = cache_then_500().await;
+    let out = run(&seeded.get_args(&[
         "--fetch-interval",
         "1ms",
         "--default",
         "a=false",
         "--default",
         "z=3",
-    ])
+    ]))
     .await;
-    out.assert_success();
-    let value = out.get_json();
-    assert_eq!(value["source"], "cache", "{out:#?}");
+    let value = seeded.assert_fell_back_after_500(&out).await;
     // Cached values win over defaults; defaults fill the gaps.
     assert_eq!(
         value["flags"],
         json!({"a": true, "b": "x", "z": 3}),
         "{out:#?}"
     );
-    assert_eq!(
-        value["cache_timestamp"], first["cache_timestamp"],
-        "{out:#?}"
-    );
-    let error = value["error"].as_str().expect("an error string");
-    assert!(error.contains("500"), "{error}");
-    // One attempt: the expired cache is refetched once, with no retry.
-    assert_eq!(request_count(&server).await, 1, "one attempt");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn get_refresh_falls_back_to_the_cache_on_http_500() {
-    let (server, _dir, cache, first) = cache_then_500().await;
-    let out = run(&[
-        "get",
-        "--refresh",
-        "--cache-file",
-        &cache,
-        "--base-url",
-        &v1(&server),
-    ])
-    .await;
-    out.assert_success();
-    let value = out.get_json();
-    assert_eq!(value["source"], "cache", "{out:#?}");
+    let seeded = cache_then_500().await;
+    let out = run(&seeded.get_args(&["--refresh"])).await;
+    let value = seeded.assert_fell_back_after_500(&out).await;
     assert_eq!(value["flags"], flags_map(), "{out:#?}");
-    assert_eq!(
-        value["cache_timestamp"], first["cache_timestamp"],
-        "{out:#?}"
-    );
-    let error = value["error"].as_str().expect("an error string");
-    assert!(error.contains("500"), "{error}");
-    assert_eq!(request_count(&server).await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -861,17 +817,13 @@ async fn get_disabled_serves_defaults_without_a_request() {
         "a=1",
     ])
     .await;
-    out.assert_success();
-    let value = out.get_json();
-    assert_eq!(value["source"], "defaults", "{out:#?}");
-    assert_eq!(value["flags"], json!({"a": 1}), "{out:#?}");
+    out.assert_served_flags("defaults", json!({"a": 1}));
     assert_eq!(request_count(&server).await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn get_merges_defaults_file_and_default_options() {
-    let server = MockServer::start().await;
-    mount_status(&server, 503).await;
+    let server = server_with_status(503).await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("defaults.json");
     std::fs::write(&file, r#"{"a": 1, "b": {"nested": [1, 2]}, "c": "file"}"#).unwrap();
@@ -888,9 +840,7 @@ async fn get_merges_defaults_file_and_default_options() {
         "d=null",
     ])
     .await;
-    out.assert_success();
-    let value = out.get_json();
-    assert_eq!(value["source"], "defaults", "{out:#?}");
+    let value = out.assert_served("defaults");
     assert_eq!(
         value["flags"],
         json!({"a": 1, "b": {"nested": [1, 2]}, "c": "option", "d": null}),
@@ -914,36 +864,29 @@ fn assert_usage_error(out: &Run, must_contain: &[&str]) {
     for needle in must_contain {
         assert!(
             lines[0].contains(needle),
-            "`{needle}` missing from the message: {:?}",
+            "`{needle}` missing from the message of `flagpole {}`: {:?}",
+            out.args.join(" "),
             lines[0]
         );
     }
 }
 
-/// `get` with `extra` against a live server: a usage error, and the server never asked.
+/// `get`, and then `watch` (which must exit instead of running), with `extra` against a live
+/// server: a usage error, and the server never asked.
 async fn usage_error_case(extra: &[&str], must_contain: &[&str]) {
     let server = server_with_flags().await;
     let base = v1(&server);
-    let mut args = vec!["get", "--no-cache", "--base-url", &base];
-    args.extend_from_slice(extra);
-    let out = run(&args).await;
-    assert_usage_error(&out, must_contain);
-    assert_eq!(
-        request_count(&server).await,
-        0,
-        "no request on bad arguments"
-    );
-
-    // And the same for `watch`, which must exit instead of running.
-    let mut args = vec!["watch", "--no-cache", "--base-url", &base];
-    args.extend_from_slice(extra);
-    let out = run(&args).await;
-    assert_usage_error(&out, must_contain);
-    assert_eq!(
-        request_count(&server).await,
-        0,
-        "no request on bad arguments"
-    );
+    for sub in ["get", "watch"] {
+        let mut args = vec![sub, "--no-cache", "--base-url", &base];
+        args.extend_from_slice(extra);
+        let out = run(&args).await;
+        assert_usage_error(&out, must_contain);
+        assert_eq!(
+            request_count(&server).await,
+            0,
+            "no request on bad arguments to `{sub}`"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1011,11 +954,11 @@ async fn defaults_file_missing() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn defaults_file_invalid_json() {
+/// `--defaults-file` naming a file `name` that holds `contents`: a usage error.
+async fn bad_defaults_file_case(name: &str, contents: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("bad.json");
-    std::fs::write(&file, "{\"a\": tru\n\n}\n").unwrap();
+    let file = dir.path().join(name);
+    std::fs::write(&file, contents).unwrap();
     usage_error_case(
         &["--defaults-file", file.to_str().unwrap()],
         &["--defaults-file"],
@@ -1024,15 +967,13 @@ async fn defaults_file_invalid_json() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn defaults_file_invalid_json() {
+    bad_defaults_file_case("bad.json", "{\"a\": tru\n\n}\n").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn defaults_file_json_array() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("array.json");
-    std::fs::write(&file, r#"[{"a": true}]"#).unwrap();
-    usage_error_case(
-        &["--defaults-file", file.to_str().unwrap()],
-        &["--defaults-file"],
-    )
-    .await;
+    bad_defaults_file_case("array.json", r#"[{"a": true}]"#).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1074,8 +1015,7 @@ async fn env_environment_changes_the_query() {
         &[("FLAGPOLE_ENVIRONMENT", "dev")],
     )
     .await;
-    out.assert_success();
-    assert_eq!(out.get_json()["source"], "network", "{out:#?}");
+    out.assert_served("network");
     assert_eq!(
         only_query(&server).await,
         expected_query("extension", "main", "dev")
@@ -1090,10 +1030,7 @@ async fn env_base_url_is_used() {
         &[("FLAGPOLE_BASE_URL", &v1(&server))],
     )
     .await;
-    out.assert_success();
-    let value = out.get_json();
-    assert_eq!(value["source"], "network", "{out:#?}");
-    assert_eq!(value["flags"], flags_map(), "{out:#?}");
+    out.assert_served_flags("network", flags_map());
     assert_eq!(request_count(&server).await, 1);
 }
 
@@ -1115,9 +1052,7 @@ async fn env_vars_cover_the_other_options() {
     let mut expected = expected_query("mobile", "flask", "rc");
     expected.insert("user".into(), "env-profile".into());
     let out = run_env(&["get"], &envs).await;
-    out.assert_success();
-    let value = out.get_json();
-    assert_eq!(value["source"], "network", "{out:#?}");
+    let value = out.assert_served("network");
     assert_eq!(
         value["flags"],
         json!({"a": true, "b": "x", "zz": 7}),
@@ -1175,34 +1110,8 @@ async fn env_vars_cover_the_other_options() {
 // profile id privacy
 // ---------------------------------------------------------------------------------------------
 
-#[tokio::test(flavor = "multi_thread")]
-async fn profile_id_is_sent_but_never_printed_logged_or_cached() {
-    let server = server_with_flags().await;
-    let dir = tempfile::tempdir().unwrap();
-    let cache = dir.path().join("flags.json");
-    let cache_str = cache.to_str().unwrap();
-    let base = v1(&server);
-    let out = run(&[
-        "-vvv",
-        "get",
-        "--profile-id",
-        SECRET,
-        "--cache-file",
-        cache_str,
-        "--base-url",
-        &base,
-    ])
-    .await;
-    out.assert_success();
-    let value = out.get_json();
-    assert_eq!(value["source"], "network", "{out:#?}");
-    let mut expected = expected_query("extension", "main", "prod");
-    expected.insert("user".into(), SECRET.into());
-    assert_eq!(only_query(&server).await, expected);
-    assert!(
-        !out.stderr.is_empty(),
-        "-vvv should produce trace logs on stderr"
-    );
+/// Neither stdout nor stderr of `out` holds the profile id.
+fn assert_output_keeps_secret(out: &Run) {
     assert!(
         !out.stdout.contains(SECRET),
         "stdout leaks the id: {out:#?}"
@@ -1211,52 +1120,64 @@ async fn profile_id_is_sent_but_never_printed_logged_or_cached() {
         !out.stderr.contains(SECRET),
         "stderr leaks the id: {out:#?}"
     );
-    let saved = std::fs::read(&cache).expect("the cache file was written");
+}
+
+/// The cache file was written and does not hold the profile id.
+fn assert_cache_keeps_secret(cache: &Path) {
+    let saved = std::fs::read(cache).expect("the cache file was written");
     assert!(
         !String::from_utf8_lossy(&saved).contains(SECRET),
         "the cache file holds the profile id"
     );
+}
 
-    // Failure paths log more: a 500 with an expired cache, and an unreachable server.
-    server.reset().await;
-    mount_status(&server, 500).await;
-    let out = run(&[
+#[tokio::test(flavor = "multi_thread")]
+async fn profile_id_is_sent_but_never_printed_logged_or_cached() {
+    let server = server_with_flags().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("flags.json");
+    let base = v1(&server);
+    let args = [
         "-vvv",
         "get",
         "--profile-id",
         SECRET,
         "--cache-file",
-        cache_str,
+        cache.to_str().unwrap(),
         "--base-url",
         &base,
-        "--fetch-interval",
-        "1ms",
-    ])
-    .await;
-    out.assert_success();
-    assert_eq!(out.get_json()["source"], "cache", "{out:#?}");
-    assert!(!out.stdout.contains(SECRET), "{out:#?}");
-    assert!(!out.stderr.contains(SECRET), "{out:#?}");
-    let saved = std::fs::read(&cache).unwrap();
-    assert!(!String::from_utf8_lossy(&saved).contains(SECRET));
+    ];
+    let out = run(&args).await;
+    out.assert_served("network");
+    let mut expected = expected_query("extension", "main", "prod");
+    expected.insert("user".into(), SECRET.into());
+    assert_eq!(only_query(&server).await, expected);
+    assert!(
+        !out.stderr.is_empty(),
+        "-vvv should produce trace logs on stderr"
+    );
+    assert_output_keeps_secret(&out);
+    assert_cache_keeps_secret(&cache);
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // Failure paths log more: a 500 with an expired cache, and an unreachable server.
+    server.reset().await;
+    mount_status(&server, 500).await;
+    let out = run(&[&args[..], &["--fetch-interval", "1ms"]].concat()).await;
+    out.assert_served("cache");
+    assert_output_keeps_secret(&out);
+    assert_cache_keeps_secret(&cache);
+
     let out = run_env(
         &["-vvv", "get", "--no-cache"],
         &[
             ("FLAGPOLE_PROFILE_ID", SECRET),
-            ("FLAGPOLE_BASE_URL", &format!("http://127.0.0.1:{port}/v1")),
+            ("FLAGPOLE_BASE_URL", &format!("{}/v1", closed_port_base())),
         ],
     )
     .await;
     out.assert_success();
     assert!(out.get_json()["error"].is_string(), "{out:#?}");
-    assert!(!out.stdout.contains(SECRET), "{out:#?}");
-    assert!(!out.stderr.contains(SECRET), "{out:#?}");
+    assert_output_keeps_secret(&out);
 
     // Nor in help, even when the variable is set.
     let out = run_env(&["get", "--help"], &[("FLAGPOLE_PROFILE_ID", SECRET)]).await;
@@ -1499,6 +1420,31 @@ impl Watch {
         assert_eq!(stopped, 1, "one stopped line\n{}", self.transcript());
     }
 
+    /// Waits up to [`STOP_WITHIN`] for the exit, then checks that it was clean.
+    fn assert_stops_cleanly(&mut self) {
+        let status = self.wait_exit(STOP_WITHIN);
+        self.assert_stopped_cleanly(status);
+    }
+
+    /// Sends `quit` and checks for a prompt, clean exit.
+    fn quit(&mut self) {
+        self.send("quit");
+        self.assert_stops_cleanly();
+    }
+
+    /// Waits (bounded) until `server` has had at least `n` requests; else panics with `failure`.
+    async fn wait_for_requests(&self, server: &MockServer, n: usize, failure: &str) {
+        let deadline = Instant::now() + WAIT;
+        while request_count(server).await < n {
+            assert!(
+                Instant::now() < deadline,
+                "{failure}\n{}",
+                self.transcript()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// The start of every session: a snapshot, then a status.
     fn expect_start(&mut self, flags: Value) {
         let first = self.next();
@@ -1621,9 +1567,7 @@ async fn watch_session_refresh_disable_bogus_quit() {
     watch.wait_for("a refresh after bogus", is_refresh);
 
     // quit: exit 0 promptly, stopped last.
-    watch.send("quit");
-    let status = watch.wait_exit(STOP_WITHIN);
-    watch.assert_stopped_cleanly(status);
+    watch.quit();
     assert_eq!(
         request_count(&server).await,
         before,
@@ -1649,43 +1593,29 @@ async fn watch_enable_after_disable_serves_remote_flags_again() {
     watch.wait_for("the fresh status", is_status("fresh"));
     assert_eq!(request_count(&server).await, 1);
 
-    watch.send("quit");
-    let status = watch.wait_exit(STOP_WITHIN);
-    watch.assert_stopped_cleanly(status);
+    watch.quit();
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn watch_starts_from_a_fresh_cache_without_a_request() {
-    let server = server_with_flags().await;
-    let dir = tempfile::tempdir().unwrap();
-    let cache_path = dir.path().join("flags.json");
-    let cache = cache_path.to_str().unwrap();
-    let base = v1(&server);
-    seed_cache(
-        &["get", "--cache-file", cache, "--base-url", &base],
-        &cache_path,
-    )
-    .await;
-    let before = request_count(&server).await;
+    let seeded = SeededCache::new("flags.json").await;
+    let before = request_count(&seeded.server).await;
 
-    let mut watch = Watch::spawn(&["--cache-file", cache, "--base-url", &base]);
+    let mut watch = Watch::spawn(&["--cache-file", seeded.cache(), "--base-url", &seeded.base]);
     watch.wait_for("the cache snapshot", is_snapshot("cache", flags_map()));
     watch.wait_for("the fresh status", is_status("fresh"));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
-        request_count(&server).await,
+        request_count(&seeded.server).await,
         before,
         "a fresh cache was refetched"
     );
-    watch.send("quit");
-    let status = watch.wait_exit(STOP_WITHIN);
-    watch.assert_stopped_cleanly(status);
+    watch.quit();
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn watch_reports_stale_and_retries_after_failures() {
-    let server = MockServer::start().await;
-    mount_status(&server, 503).await;
+    let server = server_with_status(503).await;
     let mut watch = Watch::spawn(&[
         "--no-cache",
         "--base-url",
@@ -1706,15 +1636,7 @@ async fn watch_reports_stale_and_retries_after_failures() {
         "the retry is due within --backoff-max: {stale}"
     );
     // Retries follow; then the server recovers.
-    let deadline = Instant::now() + WAIT;
-    while request_count(&server).await < 2 {
-        assert!(
-            Instant::now() < deadline,
-            "no retry\n{}",
-            watch.transcript()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    watch.wait_for_requests(&server, 2, "no retry").await;
     server.reset().await;
     mount_flags(&server, flags_body()).await;
     watch.wait_for(
@@ -1722,9 +1644,7 @@ async fn watch_reports_stale_and_retries_after_failures() {
         is_snapshot("network", flags_map()),
     );
     watch.wait_for("the fresh status", is_status("fresh"));
-    watch.send("quit");
-    let status = watch.wait_exit(STOP_WITHIN);
-    watch.assert_stopped_cleanly(status);
+    watch.quit();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1741,8 +1661,7 @@ async fn watch_keeps_running_after_stdin_eof_until_sigterm() {
         watch.transcript()
     );
     watch.signal("-TERM");
-    let status = watch.wait_exit(STOP_WITHIN);
-    watch.assert_stopped_cleanly(status);
+    watch.assert_stops_cleanly();
 }
 
 /// A request that takes 30 s is in flight when the stop arrives.
@@ -1759,15 +1678,9 @@ async fn stop_mid_request(stop: impl FnOnce(&mut Watch)) {
         .await;
     let mut watch = Watch::spawn(&["--no-cache", "--base-url", &v1(&server), "--timeout", "60s"]);
     watch.expect_start(json!({}));
-    let deadline = Instant::now() + WAIT;
-    while request_count(&server).await < 1 {
-        assert!(
-            Instant::now() < deadline,
-            "no request arrived\n{}",
-            watch.transcript()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    watch
+        .wait_for_requests(&server, 1, "no request arrived")
+        .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(watch.is_running());
     let started = Instant::now();
@@ -1816,9 +1729,7 @@ async fn watch_profile_id_stays_out_of_output_and_logs() {
     watch.mark();
     watch.send("refresh");
     watch.wait_for("the refresh", is_refresh);
-    watch.send("quit");
-    let status = watch.wait_exit(STOP_WITHIN);
-    watch.assert_stopped_cleanly(status);
+    watch.quit();
     for request in requests(&server).await {
         assert_eq!(
             query(&request).get("user").map(String::as_str),
@@ -1828,6 +1739,5 @@ async fn watch_profile_id_stays_out_of_output_and_logs() {
     let transcript = watch.transcript();
     assert!(!watch.stderr().is_empty());
     assert!(!transcript.contains(SECRET), "{transcript}");
-    let saved = std::fs::read(&cache).expect("cache written");
-    assert!(!String::from_utf8_lossy(&saved).contains(SECRET));
+    assert_cache_keeps_secret(&cache);
 }

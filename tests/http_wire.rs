@@ -5,6 +5,8 @@
 //! request on its own except the one at start; fetches are driven with `Flags::refresh`, and the
 //! start fetch is awaited (status leaves `Initializing`) before requests are counted.
 
+mod support;
+
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,18 +22,25 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wiremock::matchers::{
     any, header, header_exists, method, path, query_param, query_param_is_missing,
 };
-use wiremock::{Mock, MockServer, Request, ResponseTemplate};
+use wiremock::{Mock, MockBuilder, MockServer, ResponseTemplate};
+
+use support::{closed_port_base, requests};
 
 const HOUR: Duration = Duration::from_secs(3600);
 const WAIT: Duration = Duration::from_secs(10);
 
-/// A builder pointing at `{server}/v1` that never fetches on its own after the start fetch.
-fn builder(base: &str) -> FlagsBuilder {
+/// A builder for `base_url` that never fetches on its own after the start fetch.
+fn builder_for_url(base_url: String) -> FlagsBuilder {
     Flags::builder()
-        .base_url(format!("{base}/v1"))
+        .base_url(base_url)
         .fetch_interval(HOUR)
         .backoff_initial(HOUR)
         .backoff_max(HOUR)
+}
+
+/// A builder pointing at `{server}/v1` that never fetches on its own after the start fetch.
+fn builder(base: &str) -> FlagsBuilder {
+    builder_for_url(format!("{base}/v1"))
 }
 
 /// Waits until the start fetch (or cache load) has finished: the status leaves `Initializing`.
@@ -46,13 +55,6 @@ async fn settle(flags: &Flags) -> Status {
     .expect("status channel closed")
     .clone();
     settled
-}
-
-async fn requests(server: &MockServer) -> Vec<Request> {
-    server
-        .received_requests()
-        .await
-        .expect("request recording is on")
 }
 
 fn json_200(body: Value) -> ResponseTemplate {
@@ -95,6 +97,13 @@ fn good_flags() -> Value {
     json!([{"a": true}, {"n": 7}, {"s": "x"}])
 }
 
+/// A server answering [`good_flags`] to every request.
+async fn good_flags_server() -> MockServer {
+    let server = MockServer::start().await;
+    serve(&server, json_200(good_flags())).await;
+    server
+}
+
 fn assert_good_flags(flags: &Flags) {
     assert_eq!(flags.get_bool("a"), Some(true));
     assert_eq!(flags.get_i64("n"), Some(7));
@@ -105,26 +114,35 @@ fn assert_good_flags(flags: &Flags) {
 // 1. The request on the wire
 // ---------------------------------------------------------------------------------------------
 
-#[tokio::test]
-async fn request_has_exact_query_path_and_accept_header_without_profile() {
-    let server = MockServer::start().await;
+/// A mock for exactly the request of [`mobile_flask_rc`]: `GET /v1/flags` with its three query
+/// parameters and `Accept: application/json`.
+fn mobile_flask_rc_request() -> MockBuilder {
     Mock::given(method("GET"))
         .and(path("/v1/flags"))
         .and(query_param("client", "mobile"))
         .and(query_param("distribution", "flask"))
         .and(query_param("environment", "rc"))
-        .and(query_param_is_missing("user"))
         .and(header("accept", "application/json"))
+}
+
+/// [`builder`] for the mobile client, flask distribution, rc environment.
+fn mobile_flask_rc(base: &str) -> FlagsBuilder {
+    builder(base)
+        .client(Client::Mobile)
+        .distribution(Distribution::Flask)
+        .environment(Environment::Rc)
+}
+
+#[tokio::test]
+async fn request_has_exact_query_path_and_accept_header_without_profile() {
+    let server = MockServer::start().await;
+    mobile_flask_rc_request()
+        .and(query_param_is_missing("user"))
         .respond_with(json_200(json!([{"a": true}])))
         .mount(&server)
         .await;
 
-    let flags = builder(&server.uri())
-        .client(Client::Mobile)
-        .distribution(Distribution::Flask)
-        .environment(Environment::Rc)
-        .build()
-        .unwrap();
+    let flags = mobile_flask_rc(&server.uri()).build().unwrap();
     let status = settle(&flags).await;
     assert!(matches!(status, Status::Fresh), "{status:?}");
     assert_eq!(flags.get_bool("a"), Some(true));
@@ -153,21 +171,13 @@ async fn request_has_exact_query_path_and_accept_header_without_profile() {
 async fn request_carries_percent_encoded_user_only_with_profile_id() {
     let server = MockServer::start().await;
     let profile = "user 1&x=y/é";
-    Mock::given(method("GET"))
-        .and(path("/v1/flags"))
-        .and(query_param("client", "mobile"))
-        .and(query_param("distribution", "flask"))
-        .and(query_param("environment", "rc"))
+    mobile_flask_rc_request()
         .and(query_param("user", profile))
-        .and(header("accept", "application/json"))
         .respond_with(json_200(json!([{"a": true}])))
         .mount(&server)
         .await;
 
-    let flags = builder(&server.uri())
-        .client(Client::Mobile)
-        .distribution(Distribution::Flask)
-        .environment(Environment::Rc)
+    let flags = mobile_flask_rc(&server.uri())
         .profile_id(profile)
         .build()
         .unwrap();
@@ -219,11 +229,7 @@ async fn request_carries_percent_encoded_user_only_with_profile_id() {
 async fn base_url_with_trailing_slash_keeps_its_path() {
     let server = MockServer::start().await;
     serve(&server, json_200(json!([{"a": true}]))).await;
-    let flags = Flags::builder()
-        .base_url(format!("{}/v1/", server.uri()))
-        .fetch_interval(HOUR)
-        .backoff_initial(HOUR)
-        .backoff_max(HOUR)
+    let flags = builder_for_url(format!("{}/v1/", server.uri()))
         .build()
         .unwrap();
     assert!(flags.wait_until_ready(WAIT).await);
@@ -325,8 +331,7 @@ async fn empty_array_is_a_valid_empty_set_from_the_network() {
 
 #[tokio::test]
 async fn http_errors_are_typed_and_keep_the_last_good_flags() {
-    let server = MockServer::start().await;
-    serve(&server, json_200(good_flags())).await;
+    let server = good_flags_server().await;
     let flags = builder(&server.uri()).build().unwrap();
     assert!(flags.wait_until_ready(WAIT).await);
     assert_good_flags(&flags);
@@ -375,8 +380,7 @@ async fn http_errors_are_typed_and_keep_the_last_good_flags() {
 
 #[tokio::test]
 async fn invalid_body_is_a_parse_error_and_keeps_the_last_good_flags() {
-    let server = MockServer::start().await;
-    serve(&server, json_200(good_flags())).await;
+    let server = good_flags_server().await;
     let flags = builder(&server.uri()).build().unwrap();
     assert!(flags.wait_until_ready(WAIT).await);
 
@@ -466,8 +470,7 @@ async fn unexpected_304_without_an_etag_is_an_error() {
 
 #[tokio::test]
 async fn body_over_the_limit_with_content_length_is_too_large() {
-    let server = MockServer::start().await;
-    serve(&server, json_200(good_flags())).await;
+    let server = good_flags_server().await;
     let flags = builder(&server.uri()).max_body_bytes(1024).build().unwrap();
     assert!(flags.wait_until_ready(WAIT).await);
     assert_good_flags(&flags);
@@ -614,13 +617,6 @@ async fn chunked_body_is_cut_off_while_streaming() {
 // 6. Connection refused, timeout
 // ---------------------------------------------------------------------------------------------
 
-fn closed_port_base() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
-    format!("http://{addr}")
-}
-
 #[tokio::test]
 async fn connection_refused_is_connect_and_serves_defaults() {
     let flags = builder(&closed_port_base())
@@ -688,8 +684,7 @@ async fn slow_server_is_a_timeout() {
 
 #[tokio::test]
 async fn corrupt_cache_file_is_ignored_and_overwritten() {
-    let server = MockServer::start().await;
-    serve(&server, json_200(good_flags())).await;
+    let server = good_flags_server().await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("flags.json");
     std::fs::write(&file, b"\xff\xfe{not json at all").unwrap();
@@ -769,8 +764,7 @@ async fn fresh_cache_is_served_after_a_restart_with_no_request() {
 
 #[tokio::test]
 async fn cache_saved_for_other_parameters_is_not_used() {
-    let server = MockServer::start().await;
-    serve(&server, json_200(good_flags())).await;
+    let server = good_flags_server().await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("flags.json");
 
@@ -852,8 +846,7 @@ async fn profile_id_is_never_logged_nor_in_errors_nor_in_the_cache_file() {
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
 
-    let server = MockServer::start().await;
-    serve(&server, json_200(good_flags())).await;
+    let server = good_flags_server().await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("flags.json");
     let mut texts: Vec<String> = Vec::new();

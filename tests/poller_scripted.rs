@@ -36,6 +36,30 @@ fn ok(flags: Value) -> ScriptedResponse {
     ScriptedResponse::json(&flags)
 }
 
+/// A transport that gives `response` to every request.
+fn answering(response: ScriptedResponse) -> ScriptedTransport {
+    let transport = ScriptedTransport::new();
+    transport.set(response);
+    transport
+}
+
+/// A transport that gives `responses` in order, then repeats the last one.
+fn answering_in_turn(responses: impl IntoIterator<Item = ScriptedResponse>) -> ScriptedTransport {
+    let transport = ScriptedTransport::new();
+    for response in responses {
+        transport.push(response);
+    }
+    transport
+}
+
+/// A handle with the default configuration on `transport`.
+fn default_flags(transport: &ScriptedTransport) -> Flags {
+    Flags::builder()
+        .transport(transport.clone())
+        .build()
+        .unwrap()
+}
+
 /// Lets every task run until idle, then moves the paused clock by 1 ms. Store calls run on the
 /// blocking pool and hold the clock still, so they have finished when this returns.
 async fn idle() {
@@ -153,8 +177,7 @@ async fn seeded_store(
     body: Value,
 ) -> (MemoryStore, CacheRecord) {
     let store = MemoryStore::new();
-    let transport = ScriptedTransport::new();
-    transport.set(ok(body).header("etag", "\"seed\""));
+    let transport = answering(ok(body).header("etag", "\"seed\""));
     let flags = configure(Flags::builder())
         .transport(transport)
         .store(store.clone())
@@ -176,6 +199,38 @@ fn same_params(b: FlagsBuilder) -> FlagsBuilder {
     b
 }
 
+/// A [`seeded_store`] (default parameters) whose record is then made 1000 s old: expired for the
+/// 100 s fetch interval the tests use. Returns the store and the record's timestamp.
+async fn expired_store(body: Value) -> (MemoryStore, u64) {
+    let (store, mut record) = seeded_store(same_params, body).await;
+    record.cache_timestamp -= 1_000_000;
+    let cached_at = record.cache_timestamp;
+    store.set(Some(record));
+    (store, cached_at)
+}
+
+/// Shuts `flags` down and checks that it took less than a second.
+async fn shutdown_promptly(flags: &Flags) {
+    let start = Instant::now();
+    flags.shutdown().await;
+    assert!(
+        start.elapsed() < secs(1),
+        "shutdown took {:?}",
+        start.elapsed()
+    );
+}
+
+/// Cancels `token` and checks that `flags` reports `Stopped` within a second.
+async fn cancel_promptly(token: &CancellationToken, flags: &Flags) {
+    let start = Instant::now();
+    token.cancel();
+    let mut rx = flags.status_receiver();
+    within("stopped", secs(1), rx.wait_for(Status::is_stopped))
+        .await
+        .unwrap();
+    assert!(start.elapsed() < secs(1), "took {:?}", start.elapsed());
+}
+
 // ---------------------------------------------------------------------------------------------
 // 1-3: the persisted cache
 // ---------------------------------------------------------------------------------------------
@@ -183,8 +238,7 @@ fn same_params(b: FlagsBuilder) -> FlagsBuilder {
 #[tokio::test(start_paused = true)]
 async fn fresh_cache_is_served_at_once_without_request_until_interval() {
     let (store, _) = seeded_store(same_params, json!({"a": true, "n": 1})).await;
-    let transport = ScriptedTransport::new();
-    transport.set(ok(json!({"a": false, "n": 2})));
+    let transport = answering(ok(json!({"a": false, "n": 2})));
     let recorder = Recorder::new(&transport);
 
     let start = Instant::now();
@@ -222,12 +276,9 @@ async fn fresh_cache_is_served_at_once_without_request_until_interval() {
 
 #[tokio::test(start_paused = true)]
 async fn stale_cache_is_served_and_one_request_is_made_at_start() {
-    let (store, mut record) = seeded_store(same_params, json!({"a": "cached"})).await;
-    record.cache_timestamp -= 1_000_000; // 1000 s old; the interval is 100 s
-    store.set(Some(record));
+    let (store, _) = expired_store(json!({"a": "cached"})).await;
 
-    let transport = ScriptedTransport::new();
-    transport.set(ok(json!({"a": "network"})).delay(secs(5)));
+    let transport = answering(ok(json!({"a": "network"})).delay(secs(5)));
     let recorder = Recorder::new(&transport);
     let flags = Flags::builder()
         .transport(recorder.clone())
@@ -251,8 +302,7 @@ async fn stale_cache_is_served_and_one_request_is_made_at_start() {
 #[tokio::test(start_paused = true)]
 async fn cache_saved_for_another_environment_is_ignored() {
     let (store, _) = seeded_store(|b| b.environment(Environment::Dev), json!({"a": "dev"})).await;
-    let transport = ScriptedTransport::new();
-    transport.set(ScriptedResponse::hang());
+    let transport = answering(ScriptedResponse::hang());
     let flags = Flags::builder()
         .environment(Environment::Prod)
         .transport(transport.clone())
@@ -279,8 +329,7 @@ async fn cache_saved_for_another_environment_is_ignored() {
 #[tokio::test(start_paused = true)]
 async fn cache_saved_for_another_profile_is_ignored() {
     let (store, first) = seeded_store(|b| b.profile_id("alice"), json!({"a": "alice"})).await;
-    let transport = ScriptedTransport::new();
-    transport.set(ok(json!({"a": "bob"})).delay(secs(10)));
+    let transport = answering(ok(json!({"a": "bob"})).delay(secs(10)));
     let flags = Flags::builder()
         .profile_id("bob")
         .transport(transport.clone())
@@ -311,12 +360,8 @@ async fn cache_saved_for_another_profile_is_ignored() {
 
 #[tokio::test(start_paused = true)]
 async fn api_down_with_cache_serves_cache_as_stale() {
-    let (store, mut record) = seeded_store(same_params, json!({"a": 7})).await;
-    record.cache_timestamp -= 1_000_000;
-    let cached_at = record.cache_timestamp;
-    store.set(Some(record));
-    let transport = ScriptedTransport::new();
-    transport.set(ScriptedResponse::status(500));
+    let (store, cached_at) = expired_store(json!({"a": 7})).await;
+    let transport = answering(ScriptedResponse::status(500));
     let flags = Flags::builder()
         .transport(transport.clone())
         .store(store)
@@ -349,8 +394,7 @@ async fn api_down_with_cache_serves_cache_as_stale() {
 
 #[tokio::test(start_paused = true)]
 async fn api_down_without_cache_serves_defaults() {
-    let transport = ScriptedTransport::new();
-    transport.set(ScriptedResponse::status(500));
+    let transport = answering(ScriptedResponse::status(500));
     let flags = Flags::builder()
         .transport(transport.clone())
         .default_flag("d", true)
@@ -372,12 +416,8 @@ async fn api_down_without_cache_serves_defaults() {
 
 #[tokio::test(start_paused = true)]
 async fn api_down_without_cache_or_defaults_serves_empty_snapshot() {
-    let transport = ScriptedTransport::new();
-    transport.set(ScriptedResponse::status(500));
-    let flags = Flags::builder()
-        .transport(transport.clone())
-        .build()
-        .unwrap();
+    let transport = answering(ScriptedResponse::status(500));
+    let flags = default_flags(&transport);
     wait_status(&flags, "stale", is_stale).await;
     let snap = flags.snapshot();
     assert!(snap.is_empty());
@@ -385,6 +425,28 @@ async fn api_down_without_cache_or_defaults_serves_empty_snapshot() {
     assert_eq!(snap.cache_timestamp(), None);
     assert_eq!(flags.get("anything"), None);
     assert!(!flags.wait_until_ready(secs(5)).await);
+}
+
+/// A handle whose first request gets `first` and every later one good flags, with a 1 s
+/// backoff; returns it, its recorder and the stale status that `first` caused.
+async fn stale_after_first_answer(first: ScriptedResponse) -> (Flags, Recorder, Status) {
+    let transport = answering_in_turn([first, ok(json!({"a": 1}))]);
+    let recorder = Recorder::new(&transport);
+    let flags = Flags::builder()
+        .transport(recorder.clone())
+        .backoff_initial(secs(1))
+        .build()
+        .unwrap();
+    let status = wait_status(&flags, "stale", is_stale).await;
+    (flags, recorder, status)
+}
+
+/// Waits for the one retry to succeed; returns the time from the first request to the retry.
+async fn retry_gap(flags: &Flags, recorder: &Recorder) -> Duration {
+    wait_status(flags, "fresh", is_fresh).await;
+    let times = recorder.times();
+    assert_eq!(times.len(), 2);
+    times[1] - times[0]
 }
 
 /// Ceiling of the n-th retry delay (n from 1): min(initial * 2^(n-1), cap).
@@ -492,12 +554,8 @@ async fn backoff_delays_are_jittered_exponential_and_reset_after_success() {
 
 #[tokio::test(start_paused = true)]
 async fn stale_since_is_the_first_failure() {
-    let transport = ScriptedTransport::new();
-    transport.set(ScriptedResponse::status(503));
-    let flags = Flags::builder()
-        .transport(transport.clone())
-        .build()
-        .unwrap();
+    let transport = answering(ScriptedResponse::status(503));
+    let flags = default_flags(&transport);
     let start = Instant::now();
     let first = wait_status(&flags, "stale", is_stale).await;
     sleep(secs(30)).await;
@@ -514,16 +572,8 @@ async fn stale_since_is_the_first_failure() {
 
 #[tokio::test(start_paused = true)]
 async fn retry_after_seconds_on_429_is_honoured() {
-    let transport = ScriptedTransport::new();
-    transport.push(ScriptedResponse::status(429).header("retry-after", "7"));
-    transport.push(ok(json!({"a": 1})));
-    let recorder = Recorder::new(&transport);
-    let flags = Flags::builder()
-        .transport(recorder.clone())
-        .backoff_initial(secs(1))
-        .build()
-        .unwrap();
-    let status = wait_status(&flags, "stale", is_stale).await;
+    let (flags, recorder, status) =
+        stale_after_first_answer(ScriptedResponse::status(429).header("retry-after", "7")).await;
     let failed_at = recorder.times()[0];
     let Status::Stale {
         last_error,
@@ -539,10 +589,7 @@ async fn retry_after_seconds_on_429_is_honoured() {
 
     sleep(secs(6)).await;
     assert_eq!(recorder.count(), 1, "no request before Retry-After");
-    wait_status(&flags, "fresh", is_fresh).await;
-    let times = recorder.times();
-    assert_eq!(times.len(), 2);
-    let d = times[1] - times[0];
+    let d = retry_gap(&flags, &recorder).await;
     assert!(d >= secs(7) && d < secs(8), "retried after {d:?}");
 }
 
@@ -550,16 +597,8 @@ async fn retry_after_seconds_on_429_is_honoured() {
 async fn retry_after_http_date_on_503_is_honoured() {
     // SystemTime does not follow the paused clock; a date 30 s ahead of it is 30 s of waiting.
     let date = httpdate::fmt_http_date(SystemTime::now() + secs(30));
-    let transport = ScriptedTransport::new();
-    transport.push(ScriptedResponse::status(503).header("retry-after", &date));
-    transport.push(ok(json!({"a": 1})));
-    let recorder = Recorder::new(&transport);
-    let flags = Flags::builder()
-        .transport(recorder.clone())
-        .backoff_initial(secs(1))
-        .build()
-        .unwrap();
-    let status = wait_status(&flags, "stale", is_stale).await;
+    let (flags, recorder, status) =
+        stale_after_first_answer(ScriptedResponse::status(503).header("retry-after", &date)).await;
     let Status::Stale { next_retry, .. } = status else {
         unreachable!()
     };
@@ -576,18 +615,13 @@ async fn retry_after_http_date_on_503_is_honoured() {
         1,
         "no request before the Retry-After date"
     );
-    wait_status(&flags, "fresh", is_fresh).await;
-    let times = recorder.times();
-    assert_eq!(times.len(), 2);
-    let d = times[1] - times[0];
+    let d = retry_gap(&flags, &recorder).await;
     assert!(d >= secs(28) && d <= secs(30), "retried after {d:?}");
 }
 
 #[tokio::test(start_paused = true)]
 async fn hanging_request_times_out_and_is_retried() {
-    let transport = ScriptedTransport::new();
-    transport.push(ScriptedResponse::hang());
-    transport.push(ok(json!({"a": 1})));
+    let transport = answering_in_turn([ScriptedResponse::hang(), ok(json!({"a": 1}))]);
     let recorder = Recorder::new(&transport);
     let flags = Flags::builder()
         .transport(recorder.clone())
@@ -617,12 +651,8 @@ async fn hanging_request_times_out_and_is_retried() {
 
 #[tokio::test(start_paused = true)]
 async fn thousand_concurrent_refreshes_share_at_most_two_requests() {
-    let transport = ScriptedTransport::new();
-    transport.set(ok(json!({"v": 1})).delay(ms(100)));
-    let flags = Flags::builder()
-        .transport(transport.clone())
-        .build()
-        .unwrap();
+    let transport = answering(ok(json!({"v": 1})).delay(ms(100)));
+    let flags = default_flags(&transport);
     let tasks: Vec<_> = (0..1000)
         .map(|_| {
             let flags = flags.clone();
@@ -649,13 +679,8 @@ async fn thousand_concurrent_refreshes_share_at_most_two_requests() {
 
 #[tokio::test(start_paused = true)]
 async fn refresh_during_a_fetch_gets_the_next_fetch() {
-    let transport = ScriptedTransport::new();
-    transport.push(ok(json!({"v": 1})).delay(secs(1)));
-    transport.push(ok(json!({"v": 2})));
-    let flags = Flags::builder()
-        .transport(transport.clone())
-        .build()
-        .unwrap();
+    let transport = answering_in_turn([ok(json!({"v": 1})).delay(secs(1)), ok(json!({"v": 2}))]);
+    let flags = default_flags(&transport);
     // Let the start-up fetch go out; it answers 1 s after it was sent.
     idle().await;
     assert_eq!(transport.request_count(), 1);
@@ -681,13 +706,8 @@ async fn refresh_during_a_fetch_gets_the_next_fetch() {
 
 #[tokio::test(start_paused = true)]
 async fn refresh_when_idle_starts_a_new_fetch() {
-    let transport = ScriptedTransport::new();
-    transport.push(ok(json!({"v": 1})));
-    transport.push(ok(json!({"v": 2})));
-    let flags = Flags::builder()
-        .transport(transport.clone())
-        .build()
-        .unwrap();
+    let transport = answering_in_turn([ok(json!({"v": 1})), ok(json!({"v": 2}))]);
+    let flags = default_flags(&transport);
     assert!(flags.wait_until_ready(secs(1)).await);
     assert_eq!(flags.get_i64("v"), Some(1));
     let snapshot = flags.refresh().await.unwrap();
@@ -697,12 +717,8 @@ async fn refresh_when_idle_starts_a_new_fetch() {
 
 #[tokio::test(start_paused = true)]
 async fn subscribers_wake_on_changes_only() {
-    let transport = ScriptedTransport::new();
-    transport.set(ok(json!({"a": 1})));
-    let flags = Flags::builder()
-        .transport(transport.clone())
-        .build()
-        .unwrap();
+    let transport = answering(ok(json!({"a": 1})));
+    let flags = default_flags(&transport);
     assert!(flags.wait_until_ready(secs(1)).await);
     let mut rx = flags.subscribe();
     rx.borrow_and_update();
@@ -743,8 +759,7 @@ async fn subscribers_wake_on_changes_only() {
 async fn disabled_at_build_makes_no_request_and_serves_defaults_only() {
     // Even a fresh matching cache is not served while disabled.
     let (store, _) = seeded_store(same_params, json!({"a": "remote"})).await;
-    let transport = ScriptedTransport::new();
-    transport.set(ok(json!({"a": "remote"})));
+    let transport = answering(ok(json!({"a": "remote"})));
     let flags = Flags::builder()
         .transport(transport.clone())
         .store(store)
@@ -770,8 +785,7 @@ async fn disabled_at_build_makes_no_request_and_serves_defaults_only() {
 
 #[tokio::test(start_paused = true)]
 async fn enabling_makes_exactly_one_request() {
-    let transport = ScriptedTransport::new();
-    transport.set(ok(json!({"a": 1})));
+    let transport = answering(ok(json!({"a": 1})));
     let flags = Flags::builder()
         .transport(transport.clone())
         .enabled(false)
@@ -791,9 +805,7 @@ async fn enabling_makes_exactly_one_request() {
 
 #[tokio::test(start_paused = true)]
 async fn disabling_mid_request_aborts_it_and_stops_requests() {
-    let transport = ScriptedTransport::new();
-    transport.push(ok(json!({"a": 1})));
-    transport.push(ok(json!({"a": 2})).delay(secs(10)));
+    let transport = answering_in_turn([ok(json!({"a": 1})), ok(json!({"a": 2})).delay(secs(10))]);
     let recorder = Recorder::new(&transport);
     let flags = Flags::builder()
         .transport(recorder.clone())
@@ -826,8 +838,7 @@ async fn disabling_mid_request_aborts_it_and_stops_requests() {
 
 #[tokio::test(start_paused = true)]
 async fn re_enabling_with_fresh_flags_serves_them_without_request() {
-    let transport = ScriptedTransport::new();
-    transport.set(ok(json!({"a": 1})));
+    let transport = answering(ok(json!({"a": 1})));
     let flags = Flags::builder()
         .transport(transport.clone())
         .fetch_interval(secs(100))
@@ -855,9 +866,7 @@ async fn re_enabling_with_fresh_flags_serves_them_without_request() {
 #[tokio::test(start_paused = true)]
 async fn shutdown_mid_request_is_prompt() {
     let token = CancellationToken::new();
-    let transport = ScriptedTransport::new();
-    transport.push(ok(json!({"a": 1})));
-    transport.push(ok(json!({"a": 2})).delay(secs(30)));
+    let transport = answering_in_turn([ok(json!({"a": 1})), ok(json!({"a": 2})).delay(secs(30))]);
     let recorder = Recorder::new(&transport);
     let flags = Flags::builder()
         .transport(recorder.clone())
@@ -870,13 +879,7 @@ async fn shutdown_mid_request_is_prompt() {
     idle().await;
     assert_eq!(recorder.count(), 2, "a request is in flight");
 
-    let start = Instant::now();
-    flags.shutdown().await;
-    assert!(
-        start.elapsed() < secs(1),
-        "shutdown took {:?}",
-        start.elapsed()
-    );
+    shutdown_promptly(&flags).await;
     assert!(flags.status().is_stopped());
     assert_eq!(recorder.abandoned(), 1, "the request in flight was dropped");
     assert!(matches!(pending.await.unwrap(), Err(Error::Stopped)));
@@ -892,8 +895,7 @@ async fn shutdown_mid_request_is_prompt() {
 
 #[tokio::test(start_paused = true)]
 async fn shutdown_mid_backoff_is_prompt() {
-    let transport = ScriptedTransport::new();
-    transport.set(ScriptedResponse::status(500));
+    let transport = answering(ScriptedResponse::status(500));
     let flags = Flags::builder()
         .transport(transport.clone())
         .backoff_initial(secs(120))
@@ -904,13 +906,7 @@ async fn shutdown_mid_backoff_is_prompt() {
     wait_status(&flags, "stale", is_stale).await;
     sleep(secs(10)).await;
     assert_eq!(transport.request_count(), 1, "backing off");
-    let start = Instant::now();
-    flags.shutdown().await;
-    assert!(
-        start.elapsed() < secs(1),
-        "shutdown took {:?}",
-        start.elapsed()
-    );
+    shutdown_promptly(&flags).await;
     assert!(flags.status().is_stopped());
     assert_eq!(flags.get_i64("d"), Some(5));
     assert!(matches!(flags.refresh().await, Err(Error::Stopped)));
@@ -921,8 +917,7 @@ async fn shutdown_mid_backoff_is_prompt() {
 #[tokio::test(start_paused = true)]
 async fn cancelling_the_callers_token_stops_mid_request() {
     let token = CancellationToken::new();
-    let transport = ScriptedTransport::new();
-    transport.set(ok(json!({"a": 1})).delay(secs(30)));
+    let transport = answering(ok(json!({"a": 1})).delay(secs(30)));
     let recorder = Recorder::new(&transport);
     let flags = Flags::builder()
         .transport(recorder.clone())
@@ -933,26 +928,17 @@ async fn cancelling_the_callers_token_stops_mid_request() {
         .unwrap();
     idle().await;
     assert_eq!(recorder.count(), 1);
-    let start = Instant::now();
-    token.cancel();
-    let mut rx = flags.status_receiver();
-    within("stopped", secs(1), rx.wait_for(Status::is_stopped))
-        .await
-        .unwrap();
-    assert!(start.elapsed() < secs(1), "took {:?}", start.elapsed());
+    cancel_promptly(&token, &flags).await;
     assert_eq!(recorder.abandoned(), 1);
     assert_eq!(flags.get_i64("d"), Some(1));
     assert!(matches!(flags.refresh().await, Err(Error::Stopped)));
-    let start = Instant::now();
-    flags.shutdown().await;
-    assert!(start.elapsed() < secs(1));
+    shutdown_promptly(&flags).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn cancelling_the_callers_token_stops_mid_backoff() {
     let token = CancellationToken::new();
-    let transport = ScriptedTransport::new();
-    transport.set(ScriptedResponse::status(502));
+    let transport = answering(ScriptedResponse::status(502));
     let flags = Flags::builder()
         .transport(transport.clone())
         .backoff_initial(secs(120))
@@ -961,22 +947,14 @@ async fn cancelling_the_callers_token_stops_mid_backoff() {
         .build()
         .unwrap();
     wait_status(&flags, "stale", is_stale).await;
-    let start = Instant::now();
-    token.cancel();
-    let mut rx = flags.status_receiver();
-    within("stopped", secs(1), rx.wait_for(Status::is_stopped))
-        .await
-        .unwrap();
-    assert!(start.elapsed() < secs(1));
+    cancel_promptly(&token, &flags).await;
     sleep(DAY).await;
     assert_eq!(transport.request_count(), 1);
 }
 
 #[tokio::test(start_paused = true)]
 async fn dropping_the_last_handle_stops_the_poller() {
-    let transport = ScriptedTransport::new();
-    transport.push(ok(json!({"a": 1})));
-    transport.push(ok(json!({"a": 2})).delay(secs(30)));
+    let transport = answering_in_turn([ok(json!({"a": 1})), ok(json!({"a": 2})).delay(secs(30))]);
     let recorder = Recorder::new(&transport);
     let flags = Flags::builder()
         .transport(recorder.clone())
@@ -1015,13 +993,11 @@ async fn dropping_the_last_handle_stops_the_poller() {
 
 #[tokio::test(start_paused = true)]
 async fn etag_is_sent_back_and_304_keeps_flags() {
-    let transport = ScriptedTransport::new();
-    transport.push(ok(json!({"a": 1})).header("etag", "\"v1\""));
-    transport.push(ScriptedResponse::status(304));
-    let flags = Flags::builder()
-        .transport(transport.clone())
-        .build()
-        .unwrap();
+    let transport = answering_in_turn([
+        ok(json!({"a": 1})).header("etag", "\"v1\""),
+        ScriptedResponse::status(304),
+    ]);
+    let flags = default_flags(&transport);
     assert!(flags.wait_until_ready(secs(1)).await);
     let before = flags.snapshot();
     assert_eq!(before.etag(), Some("\"v1\""));
@@ -1050,12 +1026,8 @@ async fn etag_is_sent_back_and_304_keeps_flags() {
 
 #[tokio::test(start_paused = true)]
 async fn stale_cache_etag_is_revalidated_by_304() {
-    let (store, mut record) = seeded_store(same_params, json!({"a": "cached"})).await;
-    record.cache_timestamp -= 1_000_000;
-    let old_timestamp = record.cache_timestamp;
-    store.set(Some(record));
-    let transport = ScriptedTransport::new();
-    transport.set(ScriptedResponse::status(304));
+    let (store, old_timestamp) = expired_store(json!({"a": "cached"})).await;
+    let transport = answering(ScriptedResponse::status(304));
     let flags = Flags::builder()
         .transport(transport.clone())
         .store(store.clone())
@@ -1084,13 +1056,8 @@ async fn stale_cache_etag_is_revalidated_by_304() {
 
 #[tokio::test(start_paused = true)]
 async fn unexpected_304_without_etag_is_an_error() {
-    let transport = ScriptedTransport::new();
-    transport.push(ok(json!({"a": 1})));
-    transport.push(ScriptedResponse::status(304));
-    let flags = Flags::builder()
-        .transport(transport.clone())
-        .build()
-        .unwrap();
+    let transport = answering_in_turn([ok(json!({"a": 1})), ScriptedResponse::status(304)]);
+    let flags = default_flags(&transport);
     assert!(flags.wait_until_ready(secs(1)).await);
     assert_eq!(flags.snapshot().etag(), None);
     let err = flags.refresh().await.unwrap_err();
@@ -1109,10 +1076,8 @@ async fn unexpected_304_without_etag_is_an_error() {
 
 #[tokio::test(start_paused = true)]
 async fn oversized_body_is_too_large_and_keeps_flags() {
-    let transport = ScriptedTransport::new();
-    transport.push(ok(json!({"a": 1})));
     let big = json!({"a": 2, "pad": "x".repeat(500)}).to_string();
-    transport.push(ScriptedResponse::body(200, big));
+    let transport = answering_in_turn([ok(json!({"a": 1})), ScriptedResponse::body(200, big)]);
     let flags = Flags::builder()
         .transport(transport.clone())
         .max_body_bytes(64)
@@ -1134,19 +1099,24 @@ async fn oversized_body_is_too_large_and_keeps_flags() {
 // 14: schedule jitter
 // ---------------------------------------------------------------------------------------------
 
-#[tokio::test(start_paused = true)]
-async fn schedule_jitter_spreads_the_next_fetch_over_the_last_fifth() {
-    let transport = ScriptedTransport::new();
-    transport.set(ok(json!({"a": 1})));
+/// When each request went out during the first `run_for` of a handle with a 100 s fetch interval
+/// and `jitter`, every answer good.
+async fn request_times(jitter: f64, run_for: Duration) -> Vec<Instant> {
+    let transport = answering(ok(json!({"a": 1})));
     let recorder = Recorder::new(&transport);
     let _flags = Flags::builder()
         .transport(recorder.clone())
         .fetch_interval(secs(100))
-        .schedule_jitter(0.2)
+        .schedule_jitter(jitter)
         .build()
         .unwrap();
-    sleep(secs(2000)).await;
-    let times = recorder.times();
+    sleep(run_for).await;
+    recorder.times()
+}
+
+#[tokio::test(start_paused = true)]
+async fn schedule_jitter_spreads_the_next_fetch_over_the_last_fifth() {
+    let times = request_times(0.2, secs(2000)).await;
     assert!(times.len() >= 20, "{} requests", times.len());
     let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
     for gap in &gaps {
@@ -1157,17 +1127,7 @@ async fn schedule_jitter_spreads_the_next_fetch_over_the_last_fifth() {
 
 #[tokio::test(start_paused = true)]
 async fn zero_schedule_jitter_fetches_exactly_at_the_interval() {
-    let transport = ScriptedTransport::new();
-    transport.set(ok(json!({"a": 1})));
-    let recorder = Recorder::new(&transport);
-    let _flags = Flags::builder()
-        .transport(recorder.clone())
-        .fetch_interval(secs(100))
-        .schedule_jitter(0.0)
-        .build()
-        .unwrap();
-    sleep(secs(1000)).await;
-    let times = recorder.times();
+    let times = request_times(0.0, secs(1000)).await;
     assert_eq!(times.len(), 10, "at 0, 100, ..., 900 s");
     for w in times.windows(2) {
         assert_eq!(w[1] - w[0], secs(100));
@@ -1181,10 +1141,11 @@ async fn zero_schedule_jitter_fetches_exactly_at_the_interval() {
 #[tokio::test(start_paused = true)]
 async fn malformed_body_never_replaces_good_flags() {
     let store = MemoryStore::new();
-    let transport = ScriptedTransport::new();
-    transport.push(ok(json!({"a": 1, "b": "x"})));
-    transport.push(ScriptedResponse::body(200, "{not json"));
-    transport.push(ScriptedResponse::body(200, "\"a string\""));
+    let transport = answering_in_turn([
+        ok(json!({"a": 1, "b": "x"})),
+        ScriptedResponse::body(200, "{not json"),
+        ScriptedResponse::body(200, "\"a string\""),
+    ]);
     let flags = Flags::builder()
         .transport(transport.clone())
         .store(store.clone())
@@ -1220,12 +1181,8 @@ async fn malformed_body_never_replaces_good_flags() {
 
 #[tokio::test(start_paused = true)]
 async fn wait_until_ready_is_true_once_a_fetch_succeeds() {
-    let transport = ScriptedTransport::new();
-    transport.set(ok(json!({"a": 1})).delay(secs(2)));
-    let flags = Flags::builder()
-        .transport(transport.clone())
-        .build()
-        .unwrap();
+    let transport = answering(ok(json!({"a": 1})).delay(secs(2)));
+    let flags = default_flags(&transport);
     let start = Instant::now();
     assert!(flags.wait_until_ready(secs(5)).await);
     assert_eq!(start.elapsed(), secs(2));
@@ -1234,8 +1191,7 @@ async fn wait_until_ready_is_true_once_a_fetch_succeeds() {
 
 #[tokio::test(start_paused = true)]
 async fn wait_until_ready_times_out_while_the_api_fails() {
-    let transport = ScriptedTransport::new();
-    transport.set(ScriptedResponse::status(500));
+    let transport = answering(ScriptedResponse::status(500));
     let flags = Flags::builder()
         .transport(transport.clone())
         .backoff_initial(secs(1))
@@ -1258,8 +1214,7 @@ async fn wait_until_ready_times_out_while_the_api_fails() {
 async fn saved_record_holds_flags_and_etag_but_not_the_profile_id() {
     let profile = "profile-5ecret-0123456789";
     let store = MemoryStore::new();
-    let transport = ScriptedTransport::new();
-    transport.set(ok(json!({"a": 1, "b": {"k": [1, 2]}})).header("etag", "\"e1\""));
+    let transport = answering(ok(json!({"a": 1, "b": {"k": [1, 2]}})).header("etag", "\"e1\""));
     let flags = Flags::builder()
         .transport(transport.clone())
         .store(store.clone())
@@ -1331,8 +1286,7 @@ impl flagpole::Store for GatedStore {
 #[tokio::test(start_paused = true)]
 async fn fresh_status_comes_only_after_the_save() {
     let store = GatedStore::new();
-    let transport = ScriptedTransport::new();
-    transport.set(ok(json!({"a": 1})));
+    let transport = answering(ok(json!({"a": 1})));
     let flags = Flags::builder()
         .transport(transport)
         .store(store.clone())
@@ -1393,10 +1347,11 @@ async fn fresh_cache_flags_are_served_when_the_status_says_fresh() {
 
 #[tokio::test(start_paused = true)]
 async fn manual_mode_fetches_once_then_only_on_refresh_and_never_retries() {
-    let transport = ScriptedTransport::new();
-    transport.push(ok(json!({"v": 1})));
-    transport.push(ScriptedResponse::status(500));
-    transport.push(ok(json!({"v": 3})));
+    let transport = answering_in_turn([
+        ok(json!({"v": 1})),
+        ScriptedResponse::status(500),
+        ok(json!({"v": 3})),
+    ]);
     let recorder = Recorder::new(&transport);
     let flags = Flags::builder()
         .transport(recorder.clone())
@@ -1427,8 +1382,7 @@ async fn manual_mode_fetches_once_then_only_on_refresh_and_never_retries() {
 #[tokio::test(start_paused = true)]
 async fn manual_mode_with_a_fresh_cache_makes_no_request() {
     let (store, _) = seeded_store(same_params, json!({"a": true})).await;
-    let transport = ScriptedTransport::new();
-    transport.set(ok(json!({"a": false})));
+    let transport = answering(ok(json!({"a": false})));
     let recorder = Recorder::new(&transport);
     let flags = Flags::builder()
         .transport(recorder.clone())
