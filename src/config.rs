@@ -35,6 +35,7 @@ macro_rules! name_enum {
     ($(#[$doc:meta])* $name:ident, $kind:literal, { $($(#[$vdoc:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
         $(#[$doc])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+        #[non_exhaustive]
         pub enum $name {
             $($(#[$vdoc])* $variant,)+
         }
@@ -196,6 +197,7 @@ impl Config {
 /// # Ok(()) }
 /// ```
 #[must_use]
+#[derive(Clone)]
 pub struct FlagsBuilder {
     base_url: String,
     client: Client,
@@ -443,6 +445,16 @@ impl FlagsBuilder {
         if self.backoff_initial.is_zero() {
             return Err(Error::config("initial backoff must be above zero"));
         }
+        let year = Duration::from_secs(365 * 24 * 60 * 60);
+        for (what, value) in [
+            ("fetch interval", self.fetch_interval),
+            ("timeout", self.timeout),
+            ("maximum backoff", self.backoff_max),
+        ] {
+            if value > year {
+                return Err(Error::config(format!("{what} must be at most 365 days")));
+            }
+        }
         if self.backoff_max < self.backoff_initial {
             return Err(Error::config(
                 "maximum backoff must not be below the initial backoff",
@@ -564,6 +576,15 @@ mod tests {
             ("bad url", Flags::builder().base_url("nope")),
             ("jitter", Flags::builder().schedule_jitter(1.5)),
             ("body", Flags::builder().max_body_bytes(0)),
+            (
+                "huge interval",
+                Flags::builder().fetch_interval(Duration::MAX),
+            ),
+            ("huge timeout", Flags::builder().timeout(Duration::MAX)),
+            (
+                "huge backoff",
+                Flags::builder().backoff_max(Duration::from_secs(400 * 24 * 3600)),
+            ),
             (
                 "backoff",
                 Flags::builder()

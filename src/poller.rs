@@ -77,6 +77,8 @@ pub(crate) struct Poller {
     remote: Option<RemoteState>,
     backoff: Backoff,
     stale_since: Option<std::time::Instant>,
+    /// The server's `Retry-After`: no request before this, refreshes included.
+    not_before: Option<Instant>,
     /// A rejected request (4xx) was logged at error level in this failure streak.
     rejection_logged: bool,
     next_fetch: Option<Instant>,
@@ -110,6 +112,7 @@ impl Poller {
             remote: None,
             stale_since: None,
             rejection_logged: false,
+            not_before: None,
             next_fetch: None,
             in_flight: None,
             waiting: Vec::new(),
@@ -141,7 +144,6 @@ impl Poller {
                 }
             }
         }
-        self.stop();
     }
 
     /// Loads the store and publishes what it holds. False when cancelled meanwhile.
@@ -199,28 +201,41 @@ impl Poller {
     }
 
     fn handle(&mut self, first: Command) {
-        // Drain what is already queued so that a burst of refresh calls shares one fetch.
-        let mut next = Some(first);
-        let mut asked = false;
-        while let Some(command) = next {
-            match command {
-                Command::Refresh(reply) if !self.enabled => {
-                    let _ = reply.send(Err(Error::Disabled));
-                }
-                Command::Refresh(reply) if self.in_flight.is_some() => self.queued.push(reply),
-                Command::Refresh(reply) => {
-                    self.waiting.push(reply);
-                    asked = true;
-                }
-                Command::SetEnabled(enabled, ack) => {
-                    self.set_enabled(enabled);
-                    let _ = ack.send(());
-                }
+        self.apply(first);
+        self.drain_commands();
+        self.start_if_asked();
+    }
+
+    fn apply(&mut self, command: Command) {
+        match command {
+            Command::Refresh(reply) if !self.enabled => {
+                let _ = reply.send(Err(Error::Disabled));
             }
-            next = self.commands.try_recv().ok();
+            Command::Refresh(reply) if self.in_flight.is_some() => self.queued.push(reply),
+            Command::Refresh(reply) => self.waiting.push(reply),
+            Command::SetEnabled(enabled, ack) => {
+                self.set_enabled(enabled);
+                let _ = ack.send(());
+            }
         }
-        if asked && self.enabled && self.in_flight.is_none() {
-            self.start_fetch();
+    }
+
+    /// Takes what is already queued, so that a burst of refresh calls shares one fetch.
+    fn drain_commands(&mut self) {
+        while let Ok(command) = self.commands.try_recv() {
+            self.apply(command);
+        }
+    }
+
+    /// Starts a fetch for the callers waiting on one, or, while the server's `Retry-After`
+    /// runs, schedules it for when that ends: a refresh never overrides the server's request.
+    fn start_if_asked(&mut self) {
+        if !self.enabled || self.in_flight.is_some() || self.waiting.is_empty() {
+            return;
+        }
+        match self.not_before.filter(|t| *t > Instant::now()) {
+            Some(at) => self.next_fetch = Some(at),
+            None => self.start_fetch(),
         }
     }
 
@@ -330,10 +345,11 @@ impl Poller {
         for reply in std::mem::take(&mut self.waiting) {
             let _ = reply.send(result.clone());
         }
-        if !self.queued.is_empty() {
-            self.waiting = std::mem::take(&mut self.queued);
-            self.start_fetch();
-        }
+        // Callers who asked during this fetch, and any whose request arrived meanwhile, share
+        // the next one.
+        self.waiting = std::mem::take(&mut self.queued);
+        self.drain_commands();
+        self.start_if_asked();
     }
 
     /// Publishes the new flags at once, persists them, and only then reports "fresh", so that a
@@ -342,9 +358,10 @@ impl Poller {
         self.backoff.reset();
         self.rejection_logged = false;
         self.stale_since = None;
+        self.not_before = None;
+        let snapshot = self.publish_remote();
         let jitter = self.config.schedule_jitter * fastrand::f64();
         self.schedule(self.config.fetch_interval.mul_f64(1.0 - jitter));
-        let snapshot = self.publish_remote();
         self.save().await;
         self.set_status(Status::Fresh);
         snapshot
@@ -352,7 +369,7 @@ impl Poller {
 
     /// The next automatic fetch, `delay` from now; none when polling is off.
     fn schedule(&mut self, delay: Duration) -> Option<Instant> {
-        self.next_fetch = self.config.polling.then(|| Instant::now() + delay);
+        self.next_fetch = self.config.polling.then(|| after(delay));
         self.next_fetch
     }
 
@@ -370,7 +387,9 @@ impl Poller {
             self.backoff.next().unwrap_or(self.config.backoff_cap())
         };
         if let Some(wait) = retry_after {
-            delay = delay.max(wait.min(self.config.fetch_interval));
+            let wait = wait.min(self.config.fetch_interval);
+            self.not_before = Some(after(wait));
+            delay = delay.max(wait);
         }
         tracing::debug!(
             delay_ms = delay.as_millis() as u64,
@@ -469,6 +488,21 @@ impl Poller {
         self.set_status(Status::Stopped);
         tracing::debug!("flag poller stopped");
     }
+}
+
+impl Drop for Poller {
+    // Runs on every exit, a panic included: waiting callers get an answer and the status says
+    // Stopped, so nobody waits on a poller that is gone.
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `delay` from now, saturating far in the future instead of overflowing.
+fn after(delay: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(delay)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 60 * 60))
 }
 
 fn failed(error: Error) -> Outcome {

@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 /// Where the flags of a [`Snapshot`] came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum Source {
     /// A successful fetch in this process (a 200, or a 304 confirming the flags held).
     Network,

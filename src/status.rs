@@ -10,7 +10,8 @@ use crate::error::Error;
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum Status {
-    /// No fetch has finished yet (defaults or a stale cache are served meanwhile).
+    /// No fetch has finished since the start (or since remote flags were enabled again);
+    /// defaults or a stale cache are served meanwhile.
     Initializing,
     /// The last fetch succeeded, or a fresh cache was loaded.
     Fresh,
@@ -47,6 +48,16 @@ impl Status {
             Status::Stale { last_error, .. } => Some(last_error),
             _ => None,
         }
+    }
+
+    /// Whether the last fetch succeeded (or a fresh cache was loaded).
+    pub fn is_fresh(&self) -> bool {
+        matches!(self, Status::Fresh)
+    }
+
+    /// Whether the last fetch failed.
+    pub fn is_stale(&self) -> bool {
+        matches!(self, Status::Stale { .. })
     }
 
     /// Whether the poller has stopped.

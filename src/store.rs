@@ -126,7 +126,7 @@ impl Store for FileStore {
         let bytes = serde_json::to_vec(record).map_err(Error::store)?;
         let tmp = self.temp_path();
         let written = (|| {
-            let mut file = fs::File::create(&tmp)?;
+            let mut file = create_private(&tmp)?;
             file.write_all(&bytes)?;
             file.sync_all()?;
             fs::rename(&tmp, &self.path)
@@ -138,6 +138,18 @@ impl Store for FileStore {
         sync_parent(&self.path);
         Ok(())
     }
+}
+
+/// The cache holds flags and a profile hash: readable by the owner only, where that exists.
+fn create_private(path: &Path) -> io::Result<fs::File> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path)
 }
 
 // The rename is durable only once the directory entry is; best effort where unsupported.
@@ -232,6 +244,15 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec!["flags.json"]);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(dir.path().join("a/b/flags.json"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
     }
 
     #[test]

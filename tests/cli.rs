@@ -982,25 +982,46 @@ async fn unknown_option() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn unknown_subcommand_and_cache_conflict_are_usage_errors() {
+async fn unknown_subcommand_is_a_usage_error() {
+    let server = server_with_flags().await;
+    let out = run(&["fetch", "--no-cache", "--base-url", &v1(&server)]).await;
+    assert_usage_error(&out, &["fetch"]);
+    assert_eq!(request_count(&server).await, 0);
+}
+
+/// `--no-cache` wins over a cache file given by option or by `FLAGPOLE_CACHE_FILE`, so an
+/// exported variable never turns `--no-cache` into an argument error.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_cache_wins_over_a_cache_file() {
     let server = server_with_flags().await;
     let base = v1(&server);
-    let out = run(&["fetch", "--no-cache", "--base-url", &base]).await;
-    assert_usage_error(&out, &["fetch"]);
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("c.json");
+    let path = cache.to_str().unwrap();
     let out = run(&[
         "get",
         "--no-cache",
         "--cache-file",
-        cache.to_str().unwrap(),
+        path,
         "--base-url",
         &base,
     ])
     .await;
-    assert_usage_error(&out, &[]);
-    assert!(!cache.exists());
-    assert_eq!(request_count(&server).await, 0);
+    out.assert_served("network");
+    let out = run_env(
+        &["get", "--no-cache", "--base-url", &base],
+        &[("FLAGPOLE_CACHE_FILE", path)],
+    )
+    .await;
+    out.assert_served("network");
+    let out = run_env(
+        &["get", "--base-url", &base],
+        &[("FLAGPOLE_CACHE_FILE", path), ("FLAGPOLE_NO_CACHE", "1")],
+    )
+    .await;
+    out.assert_served("network");
+    assert!(!cache.exists(), "no cache file may be written");
+    assert_eq!(request_count(&server).await, 3);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -955,3 +955,28 @@ async fn user_agent_is_flagpole_and_no_conditional_header_without_an_etag() {
     }
     server.verify().await;
 }
+
+/// Regression: a lying `Content-Length` made the transport reserve that much memory up front
+/// (an abort with an unlimited body size). Now it is only a hint.
+#[tokio::test]
+async fn huge_declared_length_is_not_preallocated() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut request = [0u8; 4096];
+            let _ = socket.read(&mut request).await;
+            let _ = socket
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 9000000000000000000\r\n\r\n[{\"a\"")
+                .await;
+            // Closing early: the body is cut short of its declared length.
+        }
+    });
+    let flags = builder(&format!("http://{addr}"))
+        .max_body_bytes(usize::MAX)
+        .build()
+        .unwrap();
+    let err = flags.refresh().await.expect_err("the body ends early");
+    assert!(matches!(err, Error::Connect { .. }), "{err:?}");
+    assert_eq!(flags.snapshot().source(), Source::Defaults);
+}

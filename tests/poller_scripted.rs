@@ -1396,3 +1396,73 @@ async fn manual_mode_with_a_fresh_cache_makes_no_request() {
     assert_eq!(recorder.count(), 0, "neither at start nor at expiry");
     assert_eq!(flags.get_bool("a"), Some(true));
 }
+
+/// A refresh never overrides the server's `Retry-After`: it is answered by a fetch made when
+/// the wait is over.
+#[tokio::test(start_paused = true)]
+async fn refresh_waits_out_retry_after() {
+    let (flags, recorder, _) =
+        stale_after_first_answer(ScriptedResponse::status(429).header("retry-after", "600")).await;
+    let asked = Instant::now();
+    let refreshes: Vec<_> = (0..5).map(|_| tokio::spawn(flags.refresh())).collect();
+    sleep(secs(599)).await;
+    assert_eq!(recorder.count(), 1, "no request while Retry-After runs");
+    for refresh in refreshes {
+        let snapshot = refresh
+            .await
+            .unwrap()
+            .expect("answered by the fetch after the wait");
+        assert_eq!(snapshot.get_i64("a"), Some(1));
+    }
+    let times = recorder.times();
+    assert_eq!(
+        times.len(),
+        2,
+        "five refreshes share the one fetch after the wait"
+    );
+    assert!(
+        times[1] - times[0] >= secs(600),
+        "{:?}",
+        times[1] - times[0]
+    );
+    assert!(times[1] >= asked);
+}
+
+/// Refresh calls sent while a fetch's result is being saved share the next fetch with the
+/// callers queued during that fetch.
+#[tokio::test(start_paused = true)]
+async fn refreshes_sent_during_a_save_share_the_next_fetch() {
+    let store = GatedStore::new();
+    struct OpenOnDrop(GatedStore);
+    impl Drop for OpenOnDrop {
+        fn drop(&mut self) {
+            self.0.open();
+        }
+    }
+    let _open = OpenOnDrop(store.clone());
+    let transport = answering(ok(json!({"a": 1})).delay(secs(1)));
+    let recorder = Recorder::new(&transport);
+    let flags = Flags::builder()
+        .transport(recorder.clone())
+        .store(store.clone())
+        .build()
+        .unwrap();
+    idle().await;
+    assert_eq!(recorder.count(), 1, "the start fetch is in flight");
+    let during_fetch = tokio::spawn(flags.refresh());
+    // The start fetch ends and its save blocks; this caller asks during the save.
+    let mut snapshots = flags.subscribe();
+    snapshots
+        .wait_for(|s| s.source() == Source::Network)
+        .await
+        .unwrap();
+    let during_save = tokio::spawn(flags.refresh());
+    // The paused clock stands still while the save blocks: yield, do not sleep.
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    store.open();
+    during_fetch.await.unwrap().unwrap();
+    during_save.await.unwrap().unwrap();
+    assert_eq!(recorder.count(), 2, "one fetch for both late callers");
+}

@@ -58,7 +58,8 @@ impl Transport for HttpTransport {
             if declared.is_some_and(|n| n > limit as u64) {
                 return Err(Error::TooLarge { limit });
             }
-            let mut body = Vec::with_capacity(declared.map_or(0, |n| n as usize));
+            // The declared length is a hint from the server, not a promise: reserve a little.
+            let mut body = Vec::with_capacity(declared.map_or(0, |n| n.min(64 * 1024) as usize));
             while let Some(chunk) = response.chunk().await.map_err(map_reqwest)? {
                 if body.len() + chunk.len() > limit {
                     return Err(Error::TooLarge { limit });

@@ -26,7 +26,9 @@ pub use scripted::{ScriptedResponse, ScriptedTransport};
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// One GET request for the flag set.
-#[derive(Debug, Clone)]
+///
+/// Its `Debug` output hides the `user=` parameter (the profile id), so a transport may log it.
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct Request {
     /// The full URL, query included.
@@ -39,6 +41,46 @@ pub struct Request {
     /// The caller's limit for the whole request. The poller enforces it around
     /// [`Transport::send`]; a transport may use it for its own connect timeout.
     pub timeout: Duration,
+}
+
+impl Request {
+    /// A GET of `url` with no headers, the default body limit and timeout; for testing a custom
+    /// [`Transport`].
+    pub fn new(url: Url) -> Self {
+        Request {
+            url,
+            headers: HeaderMap::new(),
+            max_body_bytes: crate::config::DEFAULT_MAX_BODY_BYTES,
+            timeout: crate::config::DEFAULT_TIMEOUT,
+        }
+    }
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut url = self.url.clone();
+        let pairs: Vec<(String, String)> = self
+            .url
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if k == "user" {
+                    "<redacted>".into()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        if !pairs.is_empty() {
+            url.query_pairs_mut().clear().extend_pairs(pairs);
+        }
+        f.debug_struct("Request")
+            .field("url", &url.as_str())
+            .field("headers", &self.headers)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 /// What the server answered: any status (the poller classifies it), headers, and the whole body.
@@ -76,4 +118,19 @@ pub trait Transport: Send + Sync + 'static {
     /// The future may be dropped at any await point (shutdown, timeout, disable); it must leave
     /// nothing behind that needs cleaning up.
     fn send(&self, request: Request) -> BoxFuture<'static, Result<Response, Error>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_hides_the_profile_id() {
+        let url =
+            Url::parse("https://api.example/v1/flags?client=mobile&user=secret-id-42").unwrap();
+        let text = format!("{:?}", Request::new(url));
+        assert!(!text.contains("secret-id-42"), "{text}");
+        assert!(text.contains("user=%3Credacted%3E"), "{text}");
+        assert!(text.contains("client=mobile"), "{text}");
+    }
 }

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand};
 use flagpole::{Client, Distribution, Environment};
 use serde_json::Value;
@@ -29,7 +30,7 @@ pub(crate) enum Command {
     /// flags are served.
     Get {
         /// Fetch even when the cache is fresh.
-        #[arg(long, env = "FLAGPOLE_REFRESH")]
+        #[arg(long, env = "FLAGPOLE_REFRESH", value_parser = BoolishValueParser::new())]
         refresh: bool,
     },
     /// Run the poller and print JSON lines: snapshot, status and refresh events.
@@ -125,17 +126,12 @@ pub(crate) struct Common {
     #[arg(long, global = true, env = "FLAGPOLE_CACHE_FILE")]
     pub(crate) cache_file: Option<PathBuf>,
 
-    /// Neither read nor write a cache file.
-    #[arg(
-        long,
-        global = true,
-        env = "FLAGPOLE_NO_CACHE",
-        conflicts_with = "cache_file"
-    )]
+    /// Neither read nor write a cache file (wins over --cache-file).
+    #[arg(long, global = true, env = "FLAGPOLE_NO_CACHE", value_parser = BoolishValueParser::new())]
     pub(crate) no_cache: bool,
 
     /// Remote flags off: no request, defaults only.
-    #[arg(long, global = true, env = "FLAGPOLE_DISABLED")]
+    #[arg(long, global = true, env = "FLAGPOLE_DISABLED", value_parser = BoolishValueParser::new())]
     pub(crate) disabled: bool,
 
     /// A default flag value as NAME=JSON (repeatable), e.g. --default beta=true.
@@ -146,7 +142,8 @@ pub(crate) struct Common {
     #[arg(long, global = true, env = "FLAGPOLE_DEFAULTS_FILE")]
     pub(crate) defaults_file: Option<PathBuf>,
 
-    /// More logs on stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
+    /// More logs on stderr (-v info, -vv debug, -vvv trace); RUST_LOG=<level> overrides.
+    /// (The one option without a FLAGPOLE_ variable: RUST_LOG plays that role.)
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub(crate) verbose: u8,
 }

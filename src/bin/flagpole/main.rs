@@ -58,7 +58,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(run(cli));
     // Lets a cache save in progress finish, without waiting on anything that hangs.
-    runtime.shutdown_timeout(Duration::from_secs(2));
+    runtime.shutdown_timeout(Duration::from_millis(500));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Usage(message)) => {
