@@ -1262,8 +1262,22 @@ impl GatedStore {
     }
 
     fn open(&self) {
-        *self.gate.0.lock().unwrap() = true;
+        *self.gate.0.lock().unwrap_or_else(|e| e.into_inner()) = true;
         self.gate.1.notify_all();
+    }
+
+    /// Opens the gate when dropped, even when an assertion fails, so that a blocked save
+    /// cannot hang the runtime's shutdown.
+    fn open_on_drop(&self) -> OpenOnDrop {
+        OpenOnDrop(self.clone())
+    }
+}
+
+struct OpenOnDrop(GatedStore);
+
+impl Drop for OpenOnDrop {
+    fn drop(&mut self) {
+        self.0.open();
     }
 }
 
@@ -1292,14 +1306,7 @@ async fn fresh_status_comes_only_after_the_save() {
         .store(store.clone())
         .build()
         .unwrap();
-    // Opens the gate even when an assertion fails, so the blocked save cannot hang the runtime.
-    struct OpenOnDrop(GatedStore);
-    impl Drop for OpenOnDrop {
-        fn drop(&mut self) {
-            self.0.open();
-        }
-    }
-    let _open = OpenOnDrop(store.clone());
+    let _open = store.open_on_drop();
     // The new flags are served at once, while the save is still blocked...
     let mut snapshots = flags.subscribe();
     snapshots
@@ -1433,13 +1440,7 @@ async fn refresh_waits_out_retry_after() {
 #[tokio::test(start_paused = true)]
 async fn refreshes_sent_during_a_save_share_the_next_fetch() {
     let store = GatedStore::new();
-    struct OpenOnDrop(GatedStore);
-    impl Drop for OpenOnDrop {
-        fn drop(&mut self) {
-            self.0.open();
-        }
-    }
-    let _open = OpenOnDrop(store.clone());
+    let _open = store.open_on_drop();
     let transport = answering(ok(json!({"a": 1})).delay(secs(1)));
     let recorder = Recorder::new(&transport);
     let flags = Flags::builder()
