@@ -168,22 +168,35 @@ impl Poller {
             self.set_status(Status::Disabled);
             return true;
         }
-        if let Some(remote) = &self.remote {
-            let age = age(remote.cache_timestamp);
-            if age < self.config.fetch_interval {
-                // A fresh cache is served without any request until it expires. The first fetch
-                // is exactly at expiry: jitter would have to move it earlier, and nothing is
-                // requested while the cache is fresh. Schedule jitter applies from then on.
-                // Flags first, then the status: whoever sees "fresh" must read the cached flags.
-                self.publish_remote();
-                self.set_status(Status::Fresh);
-                self.schedule(self.config.fetch_interval - age);
-                return true;
-            }
+        self.serve_remote();
+        true
+    }
+
+    /// Serves the last remote flags, if any. Fresh ones need no request until they expire;
+    /// otherwise a fetch starts at once.
+    fn serve_remote(&mut self) {
+        let fresh_for = self.remote.as_ref().and_then(|r| {
+            self.config
+                .fetch_interval
+                .checked_sub(age(r.cache_timestamp))
+                .filter(|d| !d.is_zero())
+        });
+        // Flags first, then the status: whoever sees "fresh" must read these flags.
+        if self.remote.is_some() {
             self.publish_remote();
         }
-        self.next_fetch = Some(Instant::now());
-        true
+        match fresh_for {
+            // The first fetch is exactly at expiry: jitter would have to move it earlier, and
+            // nothing is requested while the flags are fresh. Schedule jitter applies from then on.
+            Some(remaining) => {
+                self.set_status(Status::Fresh);
+                self.schedule(remaining);
+            }
+            None => {
+                self.set_status(Status::Initializing);
+                self.next_fetch = Some(Instant::now());
+            }
+        }
     }
 
     fn adopt(&mut self, record: CacheRecord) {
@@ -247,9 +260,7 @@ impl Poller {
         if !enabled {
             // Dropping the future aborts the request: privacy means no request finishes later.
             self.in_flight = None;
-            for reply in self.waiting.drain(..).chain(self.queued.drain(..)) {
-                let _ = reply.send(Err(Error::Disabled));
-            }
+            self.answer_callers(&Error::Disabled);
             self.next_fetch = None;
             self.publish(Snapshot::build(None, &self.config.defaults));
             self.set_status(Status::Disabled);
@@ -259,25 +270,7 @@ impl Poller {
         tracing::info!("remote flags enabled");
         self.backoff.reset();
         self.stale_since = None;
-        let fresh_for = self.remote.as_ref().and_then(|r| {
-            self.config
-                .fetch_interval
-                .checked_sub(age(r.cache_timestamp))
-                .filter(|d| !d.is_zero())
-        });
-        if self.remote.is_some() {
-            self.publish_remote();
-        }
-        match fresh_for {
-            Some(remaining) => {
-                self.set_status(Status::Fresh);
-                self.schedule(remaining);
-            }
-            None => {
-                self.set_status(Status::Initializing);
-                self.next_fetch = Some(Instant::now());
-            }
-        }
+        self.serve_remote();
     }
 
     fn start_fetch(&mut self) {
@@ -468,23 +461,23 @@ impl Poller {
         });
     }
 
+    /// Answers every caller waiting on a fetch, now or next, with `error`.
+    fn answer_callers(&mut self, error: &Error) {
+        for reply in self.waiting.drain(..).chain(self.queued.drain(..)) {
+            let _ = reply.send(Err(error.clone()));
+        }
+    }
+
     fn stop(&mut self) {
         self.in_flight = None;
         self.commands.close();
-        let mut replies: Vec<_> = self
-            .waiting
-            .drain(..)
-            .chain(self.queued.drain(..))
-            .collect();
         while let Ok(command) = self.commands.try_recv() {
             match command {
-                Command::Refresh(reply) => replies.push(reply),
+                Command::Refresh(reply) => self.waiting.push(reply),
                 Command::SetEnabled(_, ack) => drop(ack),
             }
         }
-        for reply in replies {
-            let _ = reply.send(Err(Error::Stopped));
-        }
+        self.answer_callers(&Error::Stopped);
         self.set_status(Status::Stopped);
         tracing::debug!("flag poller stopped");
     }
