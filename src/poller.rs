@@ -255,13 +255,19 @@ impl Poller {
         self.apply(first);
         self.drain_commands();
         self.start_if_asked();
-        if !self.save_requests.is_empty() {
-            // One save covers every change made so far.
-            let requests = std::mem::take(&mut self.save_requests);
-            let saved = self.save().await;
-            for reply in requests {
-                let _ = reply.send(saved.clone());
-            }
+        self.save_overrides().await;
+    }
+
+    /// Persists override changes taken from the queue (by any drain, not only `handle`'s). One
+    /// save covers every change made so far.
+    async fn save_overrides(&mut self) {
+        if self.save_requests.is_empty() {
+            return;
+        }
+        let requests = std::mem::take(&mut self.save_requests);
+        let saved = self.save().await;
+        for reply in requests {
+            let _ = reply.send(saved.clone());
         }
     }
 
@@ -385,6 +391,7 @@ impl Poller {
         self.waiting = std::mem::take(&mut self.queued);
         self.drain_commands();
         self.start_if_asked();
+        self.save_overrides().await;
     }
 
     /// Publishes the new flags at once, persists them, and only then reports "fresh", so that a

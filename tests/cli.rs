@@ -33,6 +33,9 @@ const ENV_VARS: &[&str] = &[
     "FLAGPOLE_ENVIRONMENT",
     "FLAGPOLE_PROFILE_ID",
     "FLAGPOLE_CLIENT_VERSION",
+    "FLAGPOLE_METRICS_ID",
+    "FLAGPOLE_METRICS_FLAGS",
+    "FLAGPOLE_OVERRIDE",
     "FLAGPOLE_FETCH_INTERVAL",
     "FLAGPOLE_TIMEOUT",
     "FLAGPOLE_BACKOFF_INITIAL",
@@ -292,6 +295,9 @@ const COMMON_OPTIONS: &[&str] = &[
     "--disabled",
     "--default",
     "--defaults-file",
+    "--metrics-id",
+    "--metrics-flags",
+    "--override",
 ];
 
 const ALL_DEFAULTS: &[&str] = &[
@@ -1775,4 +1781,153 @@ async fn watch_profile_id_stays_out_of_output_and_logs() {
     assert!(!watch.stderr().is_empty());
     assert!(!transcript.contains(SECRET), "{transcript}");
     assert_cache_keeps_secret(&cache);
+}
+
+// ---------------------------------------------------------------------------------------------
+// MetaMask processing: --client-version, --profile-id, --metrics-id, --metrics-flags, --override
+// ---------------------------------------------------------------------------------------------
+
+/// Thresholds (Python hashlib): user-42 + newUI = 0.861312, 0x1234abcd + checkout-v2 = 0.8598,
+/// user-42 + checkout-v2 = 0.065814.
+fn rollout_body() -> Value {
+    json!([
+        {"gated": {"versions": {"13.0.0": "old", "13.2.0": "new"}}},
+        {"newUI": [
+            {"name": "control", "scope": {"type": "threshold", "value": 0.5}, "value": "A"},
+            {"name": "treatment", "scope": {"type": "threshold", "value": 1}, "value": "B"}
+        ]},
+        {"checkout-v2": [
+            {"name": "early", "scope": {"type": "threshold", "value": 0.5}, "value": 1},
+            {"name": "late", "scope": {"type": "threshold", "value": 1}, "value": 2}
+        ]},
+        {"plain": true}
+    ])
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn get_processes_versions_and_rollouts_and_prints_threshold_groups() {
+    let server = MockServer::start().await;
+    mount_flags(&server, rollout_body()).await;
+    let base = v1(&server);
+    let out = run(&[
+        "get",
+        "--no-cache",
+        "--base-url",
+        &base,
+        "--client-version",
+        "13.5.0",
+        "--profile-id",
+        "user-42",
+        "--metrics-id",
+        "0x1234abcd",
+        "--metrics-flags",
+        "checkout-v2,other",
+        "--override",
+        "plain=false",
+        "--override",
+        r#"extra={"k":[1]}"#,
+    ])
+    .await;
+    out.assert_success();
+    let value = out.get_json();
+    assert_eq!(
+        value["flags"],
+        json!({"gated": "new", "newUI": "B", "checkout-v2": 2, "plain": false, "extra": {"k": [1]}}),
+        "{out:#?}"
+    );
+    assert_eq!(
+        value["threshold_groups"],
+        json!({"newUI": "treatment", "checkout-v2": "late"}),
+        "{out:#?}"
+    );
+    for id in ["user-42", "0x1234abcd"] {
+        assert!(
+            !out.stdout.contains(id) && !out.stderr.contains(id),
+            "{out:#?}"
+        );
+    }
+    // Without identities or a version, everything is shown as the server sent it.
+    let raw = run(&["get", "--no-cache", "--base-url", &base]).await;
+    let value = raw.get_json();
+    assert_eq!(
+        value["flags"]["newUI"],
+        rollout_body()[1]["newUI"],
+        "{raw:#?}"
+    );
+    assert!(value["flags"]["gated"]["versions"].is_object(), "{raw:#?}");
+    assert_eq!(value["threshold_groups"], json!({}), "{raw:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metamask_options_read_the_environment() {
+    let server = MockServer::start().await;
+    mount_flags(&server, rollout_body()).await;
+    let out = run_env(
+        &["get", "--no-cache", "--base-url", &v1(&server)],
+        &[
+            ("FLAGPOLE_CLIENT_VERSION", "13.0.1"),
+            ("FLAGPOLE_PROFILE_ID", "user-42"),
+            ("FLAGPOLE_METRICS_ID", "0x1234abcd"),
+            ("FLAGPOLE_METRICS_FLAGS", "checkout-v2"),
+            ("FLAGPOLE_OVERRIDE", "plain=1"),
+        ],
+    )
+    .await;
+    out.assert_success();
+    let value = out.get_json();
+    assert_eq!(value["flags"]["gated"], json!("old"), "{out:#?}");
+    assert_eq!(value["flags"]["checkout-v2"], json!(2), "{out:#?}");
+    assert_eq!(value["flags"]["plain"], json!(1), "{out:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cache_of_another_client_version_is_not_used() {
+    let server = MockServer::start().await;
+    mount_flags(&server, rollout_body()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("flags.json");
+    let base = v1(&server);
+    let args = |version: &'static str| {
+        vec![
+            "get".to_owned(),
+            "--cache-file".to_owned(),
+            cache.to_str().unwrap().to_owned(),
+            "--base-url".to_owned(),
+            base.clone(),
+            "--client-version".to_owned(),
+            version.to_owned(),
+        ]
+    };
+    let first = run(&args("13.0.0")
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>())
+    .await;
+    assert_eq!(first.get_json()["source"], "network", "{first:#?}");
+    let same = run(&args("13.0.0")
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>())
+    .await;
+    assert_eq!(same.get_json()["source"], "cache", "{same:#?}");
+    let newer = run(&args("13.2.0")
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>())
+    .await;
+    let value = newer.get_json();
+    assert_eq!(value["source"], "network", "{newer:#?}");
+    assert_eq!(value["flags"]["gated"], json!("new"), "{newer:#?}");
+    assert_eq!(request_count(&server).await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_client_version_names_the_option() {
+    usage_error_case(&["--client-version", "13.1"], &["--client-version", "13.1"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_override_names_the_option() {
+    usage_error_case(&["--override", "x=notjson"], &["--override", "x"]).await;
+    usage_error_case(&["--override", "novalue"], &["--override", "novalue"]).await;
 }
