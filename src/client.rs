@@ -234,7 +234,7 @@ impl Flags {
     /// processed), until removed. Persisted in the store and restored at the next start.
     ///
     /// The new snapshot is published before this returns, without a fetch; the future only
-    /// waits for the save.
+    /// waits for the save (`drop` it to not wait).
     ///
     /// # Errors
     /// The store's error if the save failed (the override still holds in memory);

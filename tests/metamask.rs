@@ -141,7 +141,8 @@ async fn another_version_or_id_does_not_use_the_cache() {
     let first = identified(&transport).store(store.clone()).build().unwrap();
     ready(&first).await;
     first.shutdown().await;
-    let changes: [(&str, fn(FlagsBuilder) -> FlagsBuilder); 4] = [
+    type Change = fn(FlagsBuilder) -> FlagsBuilder;
+    let changes: [(&str, Change); 4] = [
         ("client version", |b| b.client_version("13.6.0")),
         ("metrics id", |b| b.metrics_id("0xother")),
         ("profile id", |b| b.profile_id("user-43")),
@@ -186,20 +187,20 @@ async fn layers_are_defaults_then_remote_then_overrides() {
     // Published before the call returned, without a fetch.
     assert_eq!(flags.get("plain"), Some(json!({"any": "json"})));
     saved.await.unwrap();
-    let _ = flags.set_override("list", 3);
+    drop(flags.set_override("list", 3));
     assert_eq!(
         flags.get_i64("list"),
         Some(3),
         "run-time override over the builder's"
     );
-    let _ = flags.set_override("newUI", "forced");
+    drop(flags.set_override("newUI", "forced"));
     assert_eq!(flags.get_str("newUI").as_deref(), Some("forced"));
     assert_eq!(
         flags.snapshot().threshold_group("newUI"),
         Some("treatment"),
         "an override keeps the recorded group"
     );
-    let _ = flags.set_override("only-default", 8);
+    drop(flags.set_override("only-default", 8));
     assert_eq!(flags.overrides().len(), 4);
 
     flags.remove_override("plain").await.unwrap();
@@ -301,8 +302,8 @@ async fn overrides_set_before_the_cache_loads_win_over_the_persisted_ones() {
         .build()
         .unwrap();
     // The poller has not run yet: these land before the load.
-    let _ = flags.set_override("replaced", "early");
-    let _ = flags.remove_override("removed");
+    drop(flags.set_override("replaced", "early"));
+    drop(flags.remove_override("removed"));
     assert_eq!(flags.get_str("replaced").as_deref(), Some("early"));
     let mut rx = flags.subscribe();
     rx.wait_for(|s| s.contains("kept")).await.unwrap();
