@@ -839,6 +839,8 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
 #[tokio::test(flavor = "current_thread")]
 async fn profile_id_is_never_logged_nor_in_errors_nor_in_the_cache_file() {
     const SECRET: &str = "secret-profile-42";
+    // The metrics id is never even sent.
+    const METRICS: &str = "secret-metrics-7";
     let logs = Captured::default();
     let subscriber = tracing_subscriber::fmt()
         .with_writer(logs.clone())
@@ -854,6 +856,7 @@ async fn profile_id_is_never_logged_nor_in_errors_nor_in_the_cache_file() {
     // Success.
     let flags = builder(&server.uri())
         .profile_id(SECRET)
+        .metrics_id(METRICS)
         .store(FileStore::new(&file))
         .build()
         .unwrap();
@@ -868,6 +871,7 @@ async fn profile_id_is_never_logged_nor_in_errors_nor_in_the_cache_file() {
     assert!(seen
         .iter()
         .all(|r| r.url.query_pairs().any(|(k, v)| k == "user" && v == SECRET)));
+    assert!(seen.iter().all(|r| !r.url.as_str().contains(METRICS)));
 
     // HTTP failure.
     flip(&server, ResponseTemplate::new(500)).await;
@@ -884,6 +888,7 @@ async fn profile_id_is_never_logged_nor_in_errors_nor_in_the_cache_file() {
     // Connection refused.
     let refused = builder(&closed_port_base())
         .profile_id(SECRET)
+        .metrics_id(METRICS)
         .build()
         .unwrap();
     let status = settle(&refused).await;
@@ -910,20 +915,18 @@ async fn profile_id_is_never_logged_nor_in_errors_nor_in_the_cache_file() {
     assert!(captured.contains("fetched flags"), "{captured}");
     assert!(captured.contains("HTTP 500"), "{captured}");
     assert!(captured.contains("could not reach"), "{captured}");
-    assert!(
-        !captured.contains(SECRET),
-        "the profile id was logged:\n{captured}"
-    );
-
-    for text in &texts {
-        assert!(!text.contains(SECRET), "the profile id leaked into: {text}");
+    for id in [SECRET, METRICS] {
+        assert!(!captured.contains(id), "an id was logged:\n{captured}");
+        for text in &texts {
+            assert!(!text.contains(id), "an id leaked into: {text}");
+        }
     }
 
     let saved = std::fs::read_to_string(&file).unwrap();
     assert!(saved.contains("\"a\":true"), "{saved}");
     assert!(
-        !saved.contains(SECRET),
-        "the cache file holds the id: {saved}"
+        !saved.contains(SECRET) && !saved.contains(METRICS),
+        "the cache file holds an id: {saved}"
     );
 }
 
