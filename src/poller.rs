@@ -404,8 +404,13 @@ impl Poller {
         let snapshot = self.publish_remote();
         let jitter = self.config.schedule_jitter * fastrand::f64();
         self.schedule(self.config.fetch_interval.mul_f64(1.0 - jitter));
-        if let Err(error) = self.save().await {
-            tracing::warn!(%error, "could not save the flag cache; flags stay in memory");
+        match self.save().await {
+            Ok(()) => {}
+            // Stopping mid-save: the status goes straight to Stopped.
+            Err(_) if self.token.is_cancelled() => return snapshot,
+            Err(error) => {
+                tracing::warn!(%error, "could not save the flag cache; flags stay in memory")
+            }
         }
         self.set_status(Status::Fresh);
         snapshot

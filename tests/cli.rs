@@ -1931,3 +1931,231 @@ async fn bad_override_names_the_option() {
     usage_error_case(&["--override", "x=notjson"], &["--override", "x"]).await;
     usage_error_case(&["--override", "novalue"], &["--override", "novalue"]).await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Reliability (issue 7): every option's bad values, corrupt defaults files, unusable caches
+// ---------------------------------------------------------------------------------------------
+
+/// `(option, bad value, what the message must also contain)`: given as `--option=value` after
+/// `get` and after `watch`.
+const BAD_VALUES: &[(&str, &str, &str)] = &[
+    ("--client", "web", "web"),
+    ("--client", "", "extension"),
+    ("--distribution", "beta", "beta"),
+    ("--environment", "staging", "staging"),
+    ("--environment", "PROD ", "prod"),
+    ("--fetch-interval", "soon", "soon"),
+    ("--fetch-interval", "0s", "above zero"),
+    ("--fetch-interval", "400d", "365 days"),
+    ("--fetch-interval", "-1s", "-1s"),
+    ("--timeout", "10", "10"),
+    ("--timeout", "0s", "above zero"),
+    ("--timeout", "400d", "365 days"),
+    ("--backoff-initial", "x", "x"),
+    ("--backoff-initial", "0s", "above zero"),
+    ("--backoff-max", "y", "y"),
+    ("--backoff-max", "1ms", "initial backoff"),
+    ("--backoff-max", "400d", "365 days"),
+    ("--cache-file", "", "value is required"),
+    ("--defaults-file", "", "value is required"),
+    ("--default", "novalue", "novalue"),
+    ("--default", "=1", "empty flag name"),
+    ("--default", "x=notjson", "not JSON"),
+    ("--client-version", "13.1", "semantic version"),
+    ("--client-version", "", "semantic version"),
+    ("--override", "novalue", "novalue"),
+    ("--override", "x=notjson", "not JSON"),
+    ("--no-cache", "maybe", "maybe"),
+    ("--disabled", "2", "2"),
+    ("--verbose", "3", "3"),
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_option_with_a_bad_value_exits_2_naming_the_option() {
+    let server = server_with_flags().await;
+    let base = v1(&server);
+    for (option, value, also) in BAD_VALUES {
+        let given = format!("{option}={value}");
+        for sub in ["get", "watch"] {
+            let out = run(&[sub, "--no-cache", "--base-url", &base, &given]).await;
+            assert_usage_error(&out, &[option, also]);
+        }
+    }
+    // The base URL, given once (a second --base-url would be its own error).
+    for value in ["not-a-url", "ftp://127.0.0.1/v1", "", "http://"] {
+        for sub in ["get", "watch"] {
+            let given = format!("--base-url={value}");
+            let out = run(&[sub, "--no-cache", &given]).await;
+            assert_usage_error(&out, &["--base-url"]);
+        }
+    }
+    let out = run(&["get", "--refresh=maybe", "--no-cache", "--base-url", &base]).await;
+    assert_usage_error(&out, &["--refresh", "maybe"]);
+    assert_eq!(
+        request_count(&server).await,
+        0,
+        "no request on bad arguments"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_environment_variable_with_a_bad_value_exits_2_naming_the_option() {
+    let server = server_with_flags().await;
+    let base = v1(&server);
+    let table: &[(&str, &str, &str)] = &[
+        ("FLAGPOLE_CLIENT", "web", "--client"),
+        ("FLAGPOLE_DISTRIBUTION", "beta", "--distribution"),
+        ("FLAGPOLE_ENVIRONMENT", "staging", "--environment"),
+        ("FLAGPOLE_FETCH_INTERVAL", "0s", "--fetch-interval"),
+        ("FLAGPOLE_TIMEOUT", "soon", "--timeout"),
+        ("FLAGPOLE_BACKOFF_INITIAL", "0s", "--backoff-initial"),
+        ("FLAGPOLE_BACKOFF_MAX", "y", "--backoff-max"),
+        ("FLAGPOLE_DEFAULT", "novalue", "--default"),
+        ("FLAGPOLE_CLIENT_VERSION", "latest", "--client-version"),
+        ("FLAGPOLE_OVERRIDE", "novalue", "--override"),
+        ("FLAGPOLE_NO_CACHE", "maybe", "--no-cache"),
+        ("FLAGPOLE_DISABLED", "maybe", "--disabled"),
+        ("FLAGPOLE_REFRESH", "maybe", "--refresh"),
+    ];
+    for (var, value, option) in table {
+        let out = run_env(&["get", "--no-cache", "--base-url", &base], &[(var, value)]).await;
+        assert_usage_error(&out, &[option]);
+    }
+    let out = run_env(
+        &["get", "--no-cache"],
+        &[("FLAGPOLE_BASE_URL", "not-a-url")],
+    )
+    .await;
+    assert_usage_error(&out, &["--base-url", "not-a-url"]);
+    assert_eq!(request_count(&server).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_corrupt_defaults_file_is_a_clear_error() {
+    let server = server_with_flags().await;
+    let base = v1(&server);
+    let dir = tempfile::tempdir().unwrap();
+    let table: &[(&str, &[u8], &str)] = &[
+        ("empty.json", b"", "not valid JSON"),
+        ("blank.json", b" \n\t\n", "not valid JSON"),
+        (
+            "truncated.json",
+            br#"{"a": true, "b": [1, 2"#,
+            "not valid JSON",
+        ),
+        ("latin1.json", b"{\"caf\xe9\": true}", "not valid JSON"),
+        ("bom.json", b"\xef\xbb\xbf{\"a\": true}", "not valid JSON"),
+        (
+            "trailing.json",
+            br#"{"a": true} {"b": 1}"#,
+            "not valid JSON",
+        ),
+        ("null.json", b"null", "expected a JSON object"),
+        ("number.json", b"42", "expected a JSON object"),
+        (
+            "string.json",
+            br#""{\"a\": true}""#,
+            "expected a JSON object",
+        ),
+    ];
+    for (name, contents, reason) in table {
+        let file = dir.path().join(name);
+        std::fs::write(&file, contents).unwrap();
+        let path = file.to_str().unwrap();
+        for sub in ["get", "watch"] {
+            let out = run(&[
+                sub,
+                "--no-cache",
+                "--base-url",
+                &base,
+                "--defaults-file",
+                path,
+            ])
+            .await;
+            assert_usage_error(&out, &["--defaults-file", path, reason]);
+        }
+    }
+    // A directory where the file should be.
+    let path = dir.path().to_str().unwrap();
+    let out = run(&[
+        "get",
+        "--no-cache",
+        "--base-url",
+        &base,
+        "--defaults-file",
+        path,
+    ])
+    .await;
+    assert_usage_error(&out, &["--defaults-file", path, "cannot read it"]);
+    assert_eq!(request_count(&server).await, 0);
+}
+
+/// An unusable `--cache-file` is not a usage error: the flags are served from memory and the
+/// problem is a warning on stderr.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unusable_cache_file_warns_and_the_flags_are_still_served() {
+    let server = server_with_flags().await;
+    let base = v1(&server);
+    let dir = tempfile::tempdir().unwrap();
+    let blocker = dir.path().join("a-file");
+    std::fs::write(&blocker, b"x").unwrap();
+    let under_a_file = blocker.join("flags.json");
+    for cache in [dir.path(), under_a_file.as_path()] {
+        let out = run(&[
+            "get",
+            "--cache-file",
+            cache.to_str().unwrap(),
+            "--base-url",
+            &base,
+        ])
+        .await;
+        out.assert_served_flags("network", flags_map());
+        assert!(
+            out.stderr.contains("could not load the flag cache")
+                && out.stderr.contains("could not save the flag cache"),
+            "{out:#?}"
+        );
+    }
+    assert!(
+        dir.path().is_dir() && blocker.is_file(),
+        "nothing was clobbered"
+    );
+}
+
+/// Processes sharing one cache file: eight `get --refresh` at once all save into it, and it is
+/// a whole record afterwards that the next run serves without a request.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_processes_on_one_cache_file_leave_it_whole() {
+    let server = server_with_flags().await;
+    let base = v1(&server);
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("shared.json");
+    let path = cache.to_str().unwrap().to_owned();
+    let runs = concurrent_gets(8, |_| {
+        [
+            "get",
+            "--refresh",
+            "--cache-file",
+            &path,
+            "--base-url",
+            &base,
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    })
+    .await;
+    for out in &runs {
+        out.assert_served_flags("network", flags_map());
+    }
+    let record = flagpole::Store::load(&flagpole::FileStore::new(&cache))
+        .unwrap()
+        .expect("a whole record");
+    assert_eq!(Value::Object(record.flags), flags_map());
+    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(names.len(), 1, "no temporary file left: {names:?}");
+    let before = request_count(&server).await;
+    run(&["get", "--cache-file", &path, "--base-url", &base])
+        .await
+        .assert_served_flags("cache", flags_map());
+    assert_eq!(request_count(&server).await, before);
+}

@@ -96,9 +96,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     let flags = builder(&cli.common)?
         .polling(!one_shot)
         .build()
-        .map_err(|e| match e {
-            flagpole::Error::Config { .. } => Failure::Usage(e.to_string()),
-            other => Failure::Other(other.to_string()),
+        .map_err(|e| match &e {
+            flagpole::Error::Config { reason } => Failure::Usage(match option_for(reason) {
+                Some(option) => format!("{option}: {e}"),
+                None => e.to_string(),
+            }),
+            _ => Failure::Other(e.to_string()),
         })?;
     let written = match cli.command {
         Command::Get { refresh } => get(&flags, refresh).await,
@@ -106,6 +109,21 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     };
     flags.shutdown().await;
     written.map_err(|e| Failure::Other(format!("cannot write to stdout: {e}")))
+}
+
+/// The option behind a configuration error, so that the message names what to fix: the
+/// builder's reasons name the setting ("fetch interval must be above zero"), not the option.
+fn option_for(reason: &str) -> Option<&'static str> {
+    [
+        ("base URL", "--base-url"),
+        ("fetch interval", "--fetch-interval"),
+        ("timeout", "--timeout"),
+        ("initial backoff", "--backoff-initial"),
+        ("maximum backoff", "--backoff-max"),
+    ]
+    .into_iter()
+    .find(|(setting, _)| reason.starts_with(setting))
+    .map(|(_, option)| option)
 }
 
 fn builder(common: &Common) -> Result<FlagsBuilder, Failure> {
