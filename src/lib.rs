@@ -70,6 +70,8 @@ mod backoff;
 mod client;
 mod config;
 mod error;
+#[cfg(feature = "openfeature")]
+mod openfeature;
 mod parse;
 mod poller;
 mod request;
@@ -85,6 +87,8 @@ pub use config::{
     DEFAULT_TIMEOUT,
 };
 pub use error::{Error, UnknownValue};
+#[cfg(feature = "openfeature")]
+pub use openfeature::{FlagpoleProvider, ProviderEvent, ProviderEvents, DEFAULT_INIT_TIMEOUT};
 pub use snapshot::{Snapshot, Source};
 pub use status::Status;
 pub use store::{CacheRecord, FileStore, MemoryStore, Store};

@@ -43,12 +43,18 @@ impl fmt::Display for Source {
 pub(crate) struct Flag {
     pub(crate) value: Value,
     pub(crate) text: Option<Arc<str>>,
+    /// Served from the caller's defaults, not from the remote set.
+    pub(crate) default: bool,
 }
 
 impl Flag {
     fn new(value: Value) -> Self {
         let text = value.as_str().map(Arc::from);
-        Flag { value, text }
+        Flag {
+            value,
+            text,
+            default: false,
+        }
     }
 }
 
@@ -121,7 +127,11 @@ impl Snapshot {
         let size = defaults.len() + remote.as_ref().map_or(0, |r| r.flags.len());
         let mut flags = FlagMap::with_capacity_and_hasher(size, Default::default());
         for (name, value) in defaults {
-            flags.insert(name.as_str().into(), Flag::new(value.clone()));
+            let flag = Flag {
+                default: true,
+                ..Flag::new(value.clone())
+            };
+            flags.insert(name.as_str().into(), flag);
         }
         let Some(remote) = remote else {
             return Snapshot {
@@ -183,6 +193,27 @@ impl Snapshot {
     /// Whether a flag of this name is served (from remote or defaults).
     pub fn contains(&self, name: &str) -> bool {
         self.flags.contains_key(name)
+    }
+
+    /// Whether the flag is served from the caller's defaults (see
+    /// [`FlagsBuilder::default_flag`](crate::FlagsBuilder::default_flag)) rather than from the
+    /// remote set; false for a name not served at all.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let flags = flagpole::Flags::builder()
+    ///     .default_flag("beta", false)
+    ///     .enabled(false)
+    ///     .build()
+    ///     .unwrap();
+    /// let view = flags.snapshot();
+    /// assert!(view.is_default("beta"));
+    /// assert!(!view.is_default("missing"));
+    /// # }
+    /// ```
+    pub fn is_default(&self, name: &str) -> bool {
+        self.flags.get(name).is_some_and(|f| f.default)
     }
 
     /// Every flag name, sorted.
@@ -284,7 +315,10 @@ mod tests {
         let s = Snapshot::build(Some(remote(&flags)), &defaults);
         assert_eq!(s.get_i64("a"), Some(1));
         assert_eq!(s.get_str("b"), Some("d"));
+        assert!(!s.is_default("a"));
+        assert!(s.is_default("b"));
         let s = Snapshot::build(None, &defaults);
+        assert!(s.is_default("a"));
         assert_eq!(s.get_i64("a"), Some(0));
         assert_eq!(s.source(), Source::Defaults);
         assert_eq!(s.cache_timestamp(), None);
