@@ -84,7 +84,7 @@ pub use client::Flags;
 pub use config::{
     Client, Distribution, Environment, FlagsBuilder, DEFAULT_BACKOFF_INITIAL, DEFAULT_BACKOFF_MAX,
     DEFAULT_BASE_URL, DEFAULT_FETCH_INTERVAL, DEFAULT_MAX_BODY_BYTES, DEFAULT_SCHEDULE_JITTER,
-    DEFAULT_TIMEOUT,
+    DEFAULT_TIMEOUT, USER_AGENT,
 };
 pub use error::{Error, UnknownValue};
 #[cfg(feature = "openfeature")]
