@@ -102,6 +102,12 @@ macro_rules! name_enum {
 
 name_enum!(
     /// Which app asks for flags (`client=`).
+    ///
+    /// ```
+    /// use flagpole::Client;
+    /// assert_eq!("mobile".parse::<Client>().unwrap(), Client::Mobile);
+    /// assert_eq!(Client::default().to_string(), "extension");
+    /// ```
     Client, "client", {
         /// The browser extension (the default).
         #[default]
@@ -113,6 +119,12 @@ name_enum!(
 
 name_enum!(
     /// Which build of the app asks (`distribution=`).
+    ///
+    /// ```
+    /// use flagpole::Distribution;
+    /// assert_eq!("flask".parse::<Distribution>().unwrap(), Distribution::Flask);
+    /// assert_eq!(Distribution::NAMES, ["main", "flask"]);
+    /// ```
     Distribution, "distribution", {
         /// The main build (the default).
         #[default]
@@ -124,6 +136,12 @@ name_enum!(
 
 name_enum!(
     /// Which deployment environment asks (`environment=`).
+    ///
+    /// ```
+    /// use flagpole::Environment;
+    /// assert_eq!(Environment::Rc.as_str(), "rc");
+    /// assert_eq!(serde_json::to_string(&Environment::Dev).unwrap(), "\"dev\"");
+    /// ```
     Environment, "environment", {
         /// Production (the default).
         #[default]

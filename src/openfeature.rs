@@ -330,7 +330,8 @@ impl FeatureProvider for FlagpoleProvider {
     }
 }
 
-/// An OpenFeature provider event, from [`ProviderEvents::recv`].
+/// An OpenFeature provider event, from [`ProviderEvents::recv`]; see
+/// [`FlagpoleProvider::events`] for an example.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ProviderEvent {
@@ -355,7 +356,7 @@ pub enum ProviderEvent {
     },
 }
 
-/// A stream of [`ProviderEvent`]s, from [`FlagpoleProvider::events`].
+/// A stream of [`ProviderEvent`]s, from [`FlagpoleProvider::events`] (see its example).
 pub struct ProviderEvents {
     status: watch::Receiver<Status>,
     snapshots: watch::Receiver<Arc<Snapshot>>,
@@ -376,8 +377,8 @@ impl fmt::Debug for ProviderEvents {
 }
 
 impl ProviderEvents {
-    /// The next event; `None` once the poller has stopped (after its `Stale` event) or every
-    /// handle is gone.
+    /// The next event; `None` once the poller has stopped (after a `Stale` event, unless the
+    /// provider was stale already) or every handle is gone.
     ///
     /// # Cancellation safety
     /// Cancel-safe: an event is never lost by dropping the future.

@@ -8,6 +8,17 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 /// Where the flags of a [`Snapshot`] came from.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use flagpole::Source;
+///
+/// let flags = flagpole::Flags::builder().enabled(false).build().unwrap();
+/// assert_eq!(flags.snapshot().source(), Source::Defaults);
+/// assert_eq!(Source::Network.to_string(), "network");
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 #[non_exhaustive]
