@@ -5,16 +5,16 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use serde::de::DeserializeOwned;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::config::{Config, FlagsBuilder};
 use crate::error::Error;
-use crate::poller::{Command, Poller, Shared};
+use crate::layers::{Layers, OverrideOp, Shared};
+use crate::poller::{Command, Poller};
 use crate::snapshot::{Snapshot, Source};
 use crate::status::Status;
 use crate::store::Store;
@@ -96,17 +96,13 @@ impl Flags {
         runtime: &tokio::runtime::Handle,
     ) -> Flags {
         let config = Arc::new(config);
-        let initial = Arc::new(Snapshot::build(None, &config.defaults));
         let status = if config.enabled {
             Status::Initializing
         } else {
             Status::Disabled
         };
-        let shared = Arc::new(Shared {
-            current: ArcSwap::new(Arc::clone(&initial)),
-            snapshots: watch::Sender::new(initial),
-            status: watch::Sender::new(status),
-        });
+        let layers = Layers::new(config.defaults.clone(), config.overrides.clone());
+        let shared = Arc::new(Shared::new(layers, status));
         let (commands, receiver) = mpsc::unbounded_channel();
         // A child token: cancelling ours (on drop or shutdown) leaves the caller's untouched.
         let token = parent.child_token();
@@ -351,6 +347,77 @@ impl Flags {
             if sent.is_ok() {
                 let _ = done.await;
             }
+        }
+    }
+
+    /// Serves `value` for the flag `name` over remote flags and defaults, as given (never
+    /// processed), until removed. Persisted in the store and restored at the next start.
+    ///
+    /// The new snapshot is published before this returns, without a fetch; the future only
+    /// waits for the save.
+    ///
+    /// # Errors
+    /// The store's error if the save failed (the override still holds in memory);
+    /// [`Error::Stopped`] when the poller has stopped (nothing more is saved).
+    ///
+    /// # Cancellation safety
+    /// Dropping the future does not undo the change or stop the save.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let flags = flagpole::Flags::builder()
+    ///     .default_flag("theme", "light")
+    ///     .enabled(false)
+    ///     .build()
+    ///     .unwrap();
+    /// let saved = flags.set_override("theme", "dark");
+    /// assert_eq!(flags.get_str("theme").as_deref(), Some("dark")); // already served
+    /// saved.await.unwrap();
+    /// flags.remove_override("theme").await.unwrap();
+    /// assert_eq!(flags.get_str("theme").as_deref(), Some("light"));
+    /// # }
+    /// ```
+    pub fn set_override(
+        &self,
+        name: impl Into<String>,
+        value: impl Into<Value>,
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'static {
+        self.change_override(OverrideOp::Set(name.into(), value.into()))
+    }
+
+    /// Removes the override of `name`: the remote value (or the default) is served again.
+    /// Published at once and persisted as [`set_override`](Self::set_override) is.
+    pub fn remove_override(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'static {
+        self.change_override(OverrideOp::Remove(name.to_owned()))
+    }
+
+    /// Removes every override set with [`set_override`](Self::set_override) (those given to
+    /// the builder stay). Published at once and persisted as `set_override` is.
+    pub fn clear_overrides(&self) -> impl Future<Output = Result<(), Error>> + Send + 'static {
+        self.change_override(OverrideOp::Clear)
+    }
+
+    /// The overrides set with [`set_override`](Self::set_override), by name.
+    pub fn overrides(&self) -> Map<String, Value> {
+        self.inner.shared.read(|layers| layers.overrides().clone())
+    }
+
+    fn change_override(
+        &self,
+        op: OverrideOp,
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'static {
+        self.inner
+            .shared
+            .update(|layers| layers.change_override(op));
+        let (reply, saved) = oneshot::channel();
+        let sent = self.inner.commands.send(Command::SaveOverrides(reply));
+        async move {
+            sent.map_err(|_| Error::Stopped)?;
+            saved.await.unwrap_or(Err(Error::Stopped))
         }
     }
 

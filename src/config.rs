@@ -1,6 +1,6 @@
 //! Request parameters (`Client`, `Distribution`, `Environment`) and the [`FlagsBuilder`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::Url;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, UnknownValue};
+use crate::rollout::{self, Identity};
 use crate::store::Store;
 use crate::transport::{HttpTransport, Transport};
 use crate::Flags;
@@ -161,7 +162,8 @@ pub(crate) struct Config {
     pub(crate) distribution: Distribution,
     pub(crate) environment: Environment,
     pub(crate) profile_id: Option<String>,
-    pub(crate) client_version: Option<String>,
+    /// Who the flags are processed for (the profile id again, the metrics id, the version).
+    pub(crate) identity: Identity,
     pub(crate) fetch_interval: Duration,
     pub(crate) timeout: Duration,
     pub(crate) backoff_initial: Duration,
@@ -169,6 +171,7 @@ pub(crate) struct Config {
     pub(crate) max_body_bytes: usize,
     pub(crate) schedule_jitter: f64,
     pub(crate) defaults: HashMap<String, Value>,
+    pub(crate) overrides: Map<String, Value>,
     pub(crate) enabled: bool,
     pub(crate) polling: bool,
     pub(crate) user_agent: HeaderValue,
@@ -182,21 +185,23 @@ impl Config {
         self.backoff_max.min(self.fetch_interval)
     }
 
-    /// Identifies the request a cache record answers. The profile id enters only as a hash, so
-    /// the cache file never holds it.
+    /// Identifies the request a cache record answers and who it was processed for: another
+    /// profile id, metrics id or client version makes the cache unusable. The ids enter only as
+    /// hashes, so the cache file never holds them.
     pub(crate) fn cache_key(&self) -> String {
-        let profile = self
-            .profile_id
-            .as_deref()
-            .map_or_else(|| "-".to_owned(), hash_id);
+        let hashed = |id: Option<&str>| id.map_or_else(|| "-".to_owned(), hash_id);
         format!(
-            "{}|{}|{}|{}|user:{}|version:{}",
+            "{}|{}|{}|{}|user:{}|metrics:{}|version:{}",
             self.base_url.as_str().trim_end_matches('/'),
             self.client,
             self.distribution,
             self.environment,
-            profile,
-            self.client_version.as_deref().unwrap_or("-"),
+            hashed(self.profile_id.as_deref()),
+            hashed(self.identity.metrics_id.as_deref()),
+            self.identity
+                .client_version
+                .as_ref()
+                .map_or("-", |(raw, _)| raw.as_str()),
         )
     }
 }
@@ -207,7 +212,9 @@ impl Config {
 /// |---|---|
 /// | [`base_url`](Self::base_url) | [`DEFAULT_BASE_URL`] |
 /// | [`client`](Self::client) / [`distribution`](Self::distribution) / [`environment`](Self::environment) | `extension` / `main` / `prod` |
-/// | [`profile_id`](Self::profile_id) | none (no `user=` parameter) |
+/// | [`profile_id`](Self::profile_id) | none (no `user=` parameter, no profile-segmented rollouts) |
+/// | [`metrics_id`](Self::metrics_id) / [`metrics_flags`](Self::metrics_flags) | none / none |
+/// | [`client_version`](Self::client_version) | none (version-gated values are served as sent) |
 /// | [`fetch_interval`](Self::fetch_interval) | 1 day |
 /// | [`timeout`](Self::timeout) | 10 s for the whole request, body included |
 /// | [`backoff_initial`](Self::backoff_initial) / [`backoff_max`](Self::backoff_max) | 1 s / 5 min (and never above the fetch interval) |
@@ -215,6 +222,7 @@ impl Config {
 /// | [`schedule_jitter`](Self::schedule_jitter) | 0.2 |
 /// | [`store`](Self::store) | none: nothing persists between runs |
 /// | [`default_flag`](Self::default_flag) / [`defaults`](Self::defaults) | none |
+/// | [`override_flag`](Self::override_flag) | none |
 /// | [`enabled`](Self::enabled) | `true` |
 /// | [`polling`](Self::polling) | `true`: fetch on the interval and retry failures |
 /// | [`cancellation_token`](Self::cancellation_token) | a new token |
@@ -245,6 +253,8 @@ pub struct FlagsBuilder {
     distribution: Distribution,
     environment: Environment,
     profile_id: Option<String>,
+    metrics_id: Option<String>,
+    metrics_flags: HashSet<String>,
     client_version: Option<String>,
     fetch_interval: Duration,
     timeout: Duration,
@@ -253,6 +263,7 @@ pub struct FlagsBuilder {
     max_body_bytes: usize,
     schedule_jitter: f64,
     defaults: HashMap<String, Value>,
+    overrides: Map<String, Value>,
     enabled: bool,
     polling: bool,
     store: Option<Arc<dyn Store>>,
@@ -276,6 +287,11 @@ impl fmt::Debug for FlagsBuilder {
                 "profile_id",
                 &self.profile_id.as_ref().map(|_| "<redacted>"),
             )
+            .field(
+                "metrics_id",
+                &self.metrics_id.as_ref().map(|_| "<redacted>"),
+            )
+            .field("client_version", &self.client_version)
             .field("fetch_interval", &self.fetch_interval)
             .field("enabled", &self.enabled)
             .finish_non_exhaustive()
@@ -290,6 +306,8 @@ impl Default for FlagsBuilder {
             distribution: Distribution::default(),
             environment: Environment::default(),
             profile_id: None,
+            metrics_id: None,
+            metrics_flags: HashSet::new(),
             client_version: None,
             fetch_interval: DEFAULT_FETCH_INTERVAL,
             timeout: DEFAULT_TIMEOUT,
@@ -298,6 +316,7 @@ impl Default for FlagsBuilder {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             schedule_jitter: DEFAULT_SCHEDULE_JITTER,
             defaults: HashMap::new(),
+            overrides: Map::new(),
             enabled: true,
             polling: true,
             store: None,
@@ -336,15 +355,33 @@ impl FlagsBuilder {
         self
     }
 
-    /// The user's profile id, sent as `user=`. It is never logged, and the cache stores only a
-    /// hash of it. An empty id counts as none.
+    /// The user's profile id, sent as `user=` and the id threshold rollouts segment by (except
+    /// for [`metrics_flags`](Self::metrics_flags)). It is never logged, and the cache stores only
+    /// a hash of it. An empty id counts as none.
     pub fn profile_id(mut self, id: impl Into<String>) -> Self {
-        let id = id.into();
-        self.profile_id = (!id.is_empty()).then_some(id);
+        self.profile_id = non_empty(id.into());
         self
     }
 
-    /// The app's version. Stored with the cache: a cache saved by another version is not used.
+    /// The user's MetaMetrics id: explicit targeting (`metaMetricsIds`) matches it for every
+    /// flag, and rollouts of the flags named in [`metrics_flags`](Self::metrics_flags) segment by
+    /// it. Never sent, never logged; the cache stores only a hash of it. An empty id counts as
+    /// none.
+    pub fn metrics_id(mut self, id: impl Into<String>) -> Self {
+        self.metrics_id = non_empty(id.into());
+        self
+    }
+
+    /// Flags whose threshold rollouts segment by the [`metrics_id`](Self::metrics_id) instead of
+    /// the profile id (added to any named before).
+    pub fn metrics_flags<S: Into<String>>(mut self, names: impl IntoIterator<Item = S>) -> Self {
+        self.metrics_flags.extend(names.into_iter().map(Into::into));
+        self
+    }
+
+    /// The app's semantic version (`13.1.0`, `v13.1.0-beta.2`): a version-gated value serves
+    /// the entry of the highest version at or below it. A cache saved by another version is not
+    /// used. An invalid version fails [`build`](Self::build).
     pub fn client_version(mut self, version: impl Into<String>) -> Self {
         self.client_version = Some(version.into());
         self
@@ -392,6 +429,14 @@ impl FlagsBuilder {
     /// A default value, served when the remote set lacks this flag or remote flags are off.
     pub fn default_flag(mut self, name: impl Into<String>, value: impl Into<Value>) -> Self {
         self.defaults.insert(name.into(), value.into());
+        self
+    }
+
+    /// A local override for this handle: served over remote flags and defaults, never processed
+    /// and never persisted. Overrides set at run time with
+    /// [`Flags::set_override`](crate::Flags::set_override) win over it.
+    pub fn override_flag(mut self, name: impl Into<String>, value: impl Into<Value>) -> Self {
+        self.overrides.insert(name.into(), value.into());
         self
     }
 
@@ -513,7 +558,7 @@ impl FlagsBuilder {
     ///
     /// # Errors
     /// [`Error::Config`] for a zero interval or timeout, a bad base URL, a jitter outside 0..=1,
-    /// a zero body limit, or no tokio runtime.
+    /// a zero body limit, an invalid client version, or no tokio runtime.
     pub fn build(self) -> Result<Flags, Error> {
         let config = self.validate()?;
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
@@ -584,13 +629,29 @@ impl FlagsBuilder {
             value.set_sensitive(true);
             headers.insert(name, value);
         }
+        let client_version = match &self.client_version {
+            None => None,
+            Some(raw) => match rollout::parse_version(raw) {
+                Some(version) => Some((raw.clone(), version)),
+                None => {
+                    return Err(Error::config(format!(
+                        "client version `{raw}` is not a semantic version (like 13.1.0)"
+                    )))
+                }
+            },
+        };
         Ok(Config {
             base_url,
             client: self.client,
             distribution: self.distribution,
             environment: self.environment,
             profile_id: self.profile_id.clone(),
-            client_version: self.client_version.clone(),
+            identity: Identity {
+                profile_id: self.profile_id.clone(),
+                metrics_id: self.metrics_id.clone(),
+                metrics_flags: self.metrics_flags.clone(),
+                client_version,
+            },
             fetch_interval: self.fetch_interval,
             timeout: self.timeout,
             backoff_initial: self.backoff_initial,
@@ -598,6 +659,7 @@ impl FlagsBuilder {
             max_body_bytes: self.max_body_bytes,
             schedule_jitter: self.schedule_jitter,
             defaults: self.defaults.clone(),
+            overrides: self.overrides.clone(),
             enabled: self.enabled,
             polling: self.polling,
             user_agent,
@@ -605,6 +667,10 @@ impl FlagsBuilder {
             header_hook: self.header_hook.clone(),
         })
     }
+}
+
+fn non_empty(id: String) -> Option<String> {
+    (!id.is_empty()).then_some(id)
 }
 
 fn hash_id(id: &str) -> String {
@@ -706,6 +772,8 @@ mod tests {
                 "huge backoff",
                 Flags::builder().backoff_max(Duration::from_secs(400 * 24 * 3600)),
             ),
+            ("version", Flags::builder().client_version("13.1")),
+            ("version text", Flags::builder().client_version("latest")),
             (
                 "backoff",
                 Flags::builder()

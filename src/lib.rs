@@ -117,11 +117,13 @@ mod backoff;
 mod client;
 mod config;
 mod error;
+mod layers;
 #[cfg(feature = "openfeature")]
 mod openfeature;
 mod parse;
 mod poller;
 mod request;
+mod rollout;
 mod snapshot;
 mod status;
 mod store;

@@ -10,6 +10,8 @@
 //! |---|---|
 //! | flag from a fetch in this process (`Source::Network`) | value, reason `STATIC` |
 //! | flag from the persisted cache (`Source::Cache`) | value, reason `CACHED` |
+//! | flag chosen by a threshold rollout ([`Snapshot::threshold_group`]) | value, reason `SPLIT`, variant: the group's name |
+//! | flag from a local override ([`Snapshot::is_override`]) | value, reason `STATIC`, metadata `override: true` |
 //! | flag from the caller's defaults ([`Snapshot::is_default`]) | value, reason `DEFAULT` |
 //! | flag of another type | error `TYPE_MISMATCH` |
 //! | flag absent, no remote flags yet and the poller still trying (`Initializing`, or `Stale` with defaults only) | error `PROVIDER_NOT_READY` |
@@ -161,10 +163,14 @@ impl FlagpoleProvider {
         if let Some(ms) = snapshot.cache_timestamp() {
             metadata.add_value("cache_timestamp", i64::try_from(ms).unwrap_or(i64::MAX));
         }
+        if snapshot.is_override(name) {
+            metadata.add_value("override", true);
+        }
+        let (reason, variant) = reason(&snapshot, name);
         Ok(ResolutionDetails {
             value,
-            variant: None,
-            reason: Some(reason(&snapshot, name)),
+            variant,
+            reason: Some(reason),
             flag_metadata: Some(metadata),
         })
     }
@@ -189,17 +195,24 @@ impl FlagpoleProvider {
     }
 }
 
-/// `STATIC` for flags fetched in this process, `CACHED` for the persisted cache, `DEFAULT` for
-/// the caller's defaults.
-fn reason(snapshot: &Snapshot, name: &str) -> EvaluationReason {
+/// The reason and variant of a served flag: overrides are `STATIC`, defaults `DEFAULT`, a
+/// threshold rollout's pick `SPLIT` (its group is the variant), other remote flags `STATIC` when
+/// fetched in this process and `CACHED` from the persisted cache.
+fn reason(snapshot: &Snapshot, name: &str) -> (EvaluationReason, Option<String>) {
+    if snapshot.is_override(name) {
+        return (EvaluationReason::Static, None);
+    }
     if snapshot.is_default(name) {
-        return EvaluationReason::Default;
+        return (EvaluationReason::Default, None);
     }
-    match snapshot.source() {
-        Source::Network => EvaluationReason::Static,
+    if let Some(group) = snapshot.threshold_group(name) {
+        return (EvaluationReason::Split, Some(group.to_owned()));
+    }
+    let reason = match snapshot.source() {
+        Source::Network | Source::Defaults => EvaluationReason::Static,
         Source::Cache => EvaluationReason::Cached,
-        Source::Defaults => EvaluationReason::Default,
-    }
+    };
+    (reason, None)
 }
 
 /// flagpole's status (and whether remote flags are served) as an OpenFeature provider status.

@@ -3,9 +3,8 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use arc_swap::ArcSwap;
 use reqwest::Url;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::field::Empty;
@@ -14,20 +13,14 @@ use tracing::Instrument;
 use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::error::Error;
+use crate::layers::{RemoteLayer, Shared};
 use crate::parse::{parse, RawFlags};
 use crate::request::{self, StatusClass};
-use crate::snapshot::{Remote, Snapshot, Source};
+use crate::rollout::{self, Processed};
+use crate::snapshot::{Snapshot, Source};
 use crate::status::Status;
 use crate::store::{CacheRecord, Store};
 use crate::transport::{BoxFuture, Transport};
-
-/// What the poller publishes and the handles read.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub(crate) current: ArcSwap<Snapshot>,
-    pub(crate) snapshots: watch::Sender<Arc<Snapshot>>,
-    pub(crate) status: watch::Sender<Status>,
-}
 
 pub(crate) type RefreshReply = oneshot::Sender<Result<Arc<Snapshot>, Error>>;
 
@@ -36,12 +29,16 @@ pub(crate) type RefreshReply = oneshot::Sender<Result<Arc<Snapshot>, Error>>;
 pub(crate) enum Command {
     Refresh(RefreshReply),
     SetEnabled(bool, oneshot::Sender<()>),
+    /// The overrides changed: persist them.
+    SaveOverrides(oneshot::Sender<Result<(), Error>>),
 }
 
 /// The last good remote flags.
 #[derive(Debug, Clone)]
 struct RemoteState {
+    /// As the server sent them: what is saved, and processed again at the next start.
     flags: Arc<RawFlags>,
+    processed: Arc<Processed>,
     source: Source,
     cache_timestamp: u64,
     etag: Option<String>,
@@ -89,6 +86,8 @@ pub(crate) struct Poller {
     waiting: Vec<RefreshReply>,
     /// Callers who asked after the fetch in flight started: they get the next one.
     queued: Vec<RefreshReply>,
+    /// Callers waiting for their override change to be persisted.
+    save_requests: Vec<oneshot::Sender<Result<(), Error>>>,
 }
 
 impl Poller {
@@ -119,6 +118,7 @@ impl Poller {
             in_flight: None,
             waiting: Vec::new(),
             queued: Vec::new(),
+            save_requests: Vec::new(),
         }
     }
 
@@ -141,7 +141,7 @@ impl Poller {
                         self.in_flight = None;
                         self.finish(outcome).await;
                     }
-                    Event::Command(Some(command)) => self.handle(command),
+                    Event::Command(Some(command)) => self.handle(command).await,
                     Event::Due => self.start_fetch(),
                 }
             }
@@ -166,12 +166,24 @@ impl Poller {
                 }
             }
         }
+        // Whatever the store said, the overrides set so far stand from now on.
+        self.restore_overrides(RawFlags::new());
         if !self.enabled {
             self.set_status(Status::Disabled);
             return true;
         }
         self.serve_remote();
         true
+    }
+
+    /// Serves the persisted overrides, under any change made while they loaded.
+    fn restore_overrides(&self, persisted: RawFlags) {
+        let restored = !persisted.is_empty();
+        self.shared
+            .update(move |layers| layers.restore_overrides(persisted));
+        if restored {
+            tracing::debug!("restored local flag overrides");
+        }
     }
 
     /// Serves the last remote flags, if any. Fresh ones need no request until they expire;
@@ -202,23 +214,57 @@ impl Poller {
     }
 
     fn adopt(&mut self, record: CacheRecord) {
-        if record.version != CacheRecord::VERSION || record.key != self.key {
-            tracing::info!("ignoring a flag cache saved for other request parameters");
+        if record.version != CacheRecord::VERSION {
+            tracing::info!("ignoring a flag cache of another format version");
+            return;
+        }
+        self.restore_overrides(record.overrides);
+        if record.key != self.key {
+            tracing::info!("ignoring a flag cache saved for other request parameters or ids");
+            return;
+        }
+        if record.cache_timestamp == 0 {
             return;
         }
         tracing::debug!(flags = record.flags.len(), "loaded flag cache");
-        self.remote = Some(RemoteState {
-            flags: Arc::new(record.flags),
-            source: Source::Cache,
-            cache_timestamp: record.cache_timestamp,
-            etag: record.etag,
-        });
+        self.remote = Some(self.remote_state(
+            record.flags,
+            Source::Cache,
+            record.cache_timestamp,
+            record.etag,
+        ));
     }
 
-    fn handle(&mut self, first: Command) {
+    /// Processing happens here, once per new set of remote flags, never on a read.
+    fn remote_state(
+        &self,
+        flags: RawFlags,
+        source: Source,
+        cache_timestamp: u64,
+        etag: Option<String>,
+    ) -> RemoteState {
+        let processed = rollout::process(&flags, &self.config.identity);
+        RemoteState {
+            flags: Arc::new(flags),
+            processed: Arc::new(processed),
+            source,
+            cache_timestamp,
+            etag,
+        }
+    }
+
+    async fn handle(&mut self, first: Command) {
         self.apply(first);
         self.drain_commands();
         self.start_if_asked();
+        if !self.save_requests.is_empty() {
+            // One save covers every change made so far.
+            let requests = std::mem::take(&mut self.save_requests);
+            let saved = self.save().await;
+            for reply in requests {
+                let _ = reply.send(saved.clone());
+            }
+        }
     }
 
     fn apply(&mut self, command: Command) {
@@ -232,6 +278,7 @@ impl Poller {
                 self.set_enabled(enabled);
                 let _ = ack.send(());
             }
+            Command::SaveOverrides(reply) => self.save_requests.push(reply),
         }
     }
 
@@ -264,7 +311,7 @@ impl Poller {
             self.in_flight = None;
             self.answer_callers(&Error::Disabled);
             self.next_fetch = None;
-            self.publish(Snapshot::build(None, &self.config.defaults));
+            self.shared.update(|layers| layers.remote = None);
             self.set_status(Status::Disabled);
             tracing::info!("remote flags disabled; serving defaults only");
             return;
@@ -355,12 +402,7 @@ impl Poller {
         let result = match outcome {
             Outcome::Fetched { flags, etag } => {
                 tracing::debug!(flags = flags.len(), "fetched flags");
-                self.remote = Some(RemoteState {
-                    flags: Arc::new(flags),
-                    source: Source::Network,
-                    cache_timestamp: now_ms(),
-                    etag,
-                });
+                self.remote = Some(self.remote_state(flags, Source::Network, now_ms(), etag));
                 Ok(self.succeeded().await)
             }
             Outcome::NotModified => {
@@ -396,7 +438,9 @@ impl Poller {
         let snapshot = self.publish_remote();
         let jitter = self.config.schedule_jitter * fastrand::f64();
         self.schedule(self.config.fetch_interval.mul_f64(1.0 - jitter));
-        self.save().await;
+        if let Err(error) = self.save().await {
+            tracing::warn!(%error, "could not save the flag cache; flags stay in memory");
+        }
         self.set_status(Status::Fresh);
         snapshot
     }
@@ -441,50 +485,38 @@ impl Poller {
         });
     }
 
-    async fn save(&mut self) {
-        let (Some(store), Some(remote)) = (self.store.clone(), &self.remote) else {
-            return;
+    /// Persists the last remote flags (or none yet: timestamp 0) with the overrides held now.
+    async fn save(&mut self) -> Result<(), Error> {
+        let Some(store) = self.store.clone() else {
+            return Ok(());
         };
-        let record = CacheRecord {
-            version: CacheRecord::VERSION,
-            key: self.key.clone(),
-            cache_timestamp: remote.cache_timestamp,
-            etag: remote.etag.clone(),
-            flags: RawFlags::clone(&remote.flags),
+        let overrides = self.shared.read(|layers| layers.overrides().clone());
+        let mut record = match &self.remote {
+            Some(remote) => CacheRecord::new(
+                self.key.clone(),
+                remote.cache_timestamp,
+                remote.etag.clone(),
+                RawFlags::clone(&remote.flags),
+            ),
+            None => CacheRecord::new(self.key.clone(), 0, None, RawFlags::new()),
         };
+        record.overrides = overrides;
         let saved = tokio::select! {
-            () = self.token.cancelled() => return,
+            () = self.token.cancelled() => return Err(Error::Stopped),
             saved = tokio::task::spawn_blocking(move || store.save(&record)) => saved,
         };
-        match saved {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => {
-                tracing::warn!(%error, "could not save the flag cache; flags stay in memory")
-            }
-            Err(error) => tracing::warn!(%error, "flag cache save panicked"),
-        }
+        saved.unwrap_or_else(|panic| Err(Error::store(std::io::Error::other(panic.to_string()))))
     }
 
+    /// Publishes the last remote flags, processed, under the defaults and over the overrides.
     fn publish_remote(&self) -> Arc<Snapshot> {
-        let remote = self.remote.as_ref().map(|r| Remote {
-            flags: &r.flags,
+        let layer = self.remote.as_ref().map(|r| RemoteLayer {
+            processed: Arc::clone(&r.processed),
             source: r.source,
             cache_timestamp: r.cache_timestamp,
-            etag: r.etag.as_deref(),
+            etag: r.etag.clone(),
         });
-        self.publish(Snapshot::build(remote, &self.config.defaults))
-    }
-
-    fn publish(&self, snapshot: Snapshot) -> Arc<Snapshot> {
-        let snapshot = Arc::new(snapshot);
-        self.shared.current.store(Arc::clone(&snapshot));
-        // A fetch that changed nothing but the timestamp updates the value without waking anyone.
-        self.shared.snapshots.send_if_modified(|current| {
-            let changed = !current.same_content(&snapshot);
-            *current = Arc::clone(&snapshot);
-            changed
-        });
-        snapshot
+        self.shared.update(|layers| layers.remote = layer)
     }
 
     fn set_status(&self, status: Status) {
@@ -517,7 +549,11 @@ impl Poller {
             match command {
                 Command::Refresh(reply) => self.waiting.push(reply),
                 Command::SetEnabled(_, ack) => drop(ack),
+                Command::SaveOverrides(reply) => self.save_requests.push(reply),
             }
+        }
+        for reply in self.save_requests.drain(..) {
+            let _ = reply.send(Err(Error::Stopped));
         }
         self.answer_callers(&Error::Stopped);
         self.set_status(Status::Stopped);

@@ -1,11 +1,13 @@
 //! The immutable flag set that readers see.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
+
+use crate::layers::RemoteLayer;
 
 /// Where the flags of a [`Snapshot`] came from.
 ///
@@ -54,17 +56,25 @@ impl fmt::Display for Source {
 pub(crate) struct Flag {
     pub(crate) value: Value,
     pub(crate) text: Option<Arc<str>>,
-    /// Served from the caller's defaults, not from the remote set.
-    pub(crate) default: bool,
+    /// Which layer the value comes from.
+    pub(crate) origin: Origin,
+}
+
+/// The layer a served value comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    Default,
+    Remote,
+    Override,
 }
 
 impl Flag {
-    fn new(value: Value) -> Self {
+    fn new(value: Value, origin: Origin) -> Self {
         let text = value.as_str().map(Arc::from);
         Flag {
             value,
             text,
-            default: false,
+            origin,
         }
     }
 }
@@ -99,6 +109,7 @@ pub struct Snapshot {
     source: Source,
     cache_timestamp: Option<u64>,
     etag: Option<String>,
+    groups: BTreeMap<String, String>,
 }
 
 impl fmt::Debug for Snapshot {
@@ -108,6 +119,7 @@ impl fmt::Debug for Snapshot {
             .field("cache_timestamp", &self.cache_timestamp)
             .field("etag", &self.etag)
             .field("flags", &self.to_json())
+            .field("threshold_groups", &self.groups)
             .finish()
     }
 }
@@ -119,52 +131,61 @@ impl Default for Snapshot {
             source: Source::Defaults,
             cache_timestamp: None,
             etag: None,
+            groups: BTreeMap::new(),
         }
     }
 }
 
-/// Remote flags with their provenance, as the poller holds them.
-#[derive(Debug, Clone)]
-pub(crate) struct Remote<'a> {
-    pub(crate) flags: &'a Map<String, Value>,
-    pub(crate) source: Source,
-    pub(crate) cache_timestamp: u64,
-    pub(crate) etag: Option<&'a str>,
-}
-
 impl Snapshot {
-    /// Defaults first, remote flags over them: defaults fill only the names the remote set lacks.
-    pub(crate) fn build(remote: Option<Remote<'_>>, defaults: &HashMap<String, Value>) -> Self {
-        let size = defaults.len() + remote.as_ref().map_or(0, |r| r.flags.len());
+    /// Layers, later over earlier: defaults, the processed remote flags, then each override map.
+    /// A remote flag processed to nothing hides its default too.
+    pub(crate) fn build(
+        defaults: &HashMap<String, Value>,
+        remote: Option<&RemoteLayer>,
+        overrides: [&Map<String, Value>; 2],
+    ) -> Self {
+        let size = defaults.len()
+            + remote.map_or(0, |r| r.processed.flags.len())
+            + overrides.iter().map(|o| o.len()).sum::<usize>();
         let mut flags = FlagMap::with_capacity_and_hasher(size, Default::default());
         for (name, value) in defaults {
-            let flag = Flag {
-                default: true,
-                ..Flag::new(value.clone())
-            };
+            let flag = Flag::new(value.clone(), Origin::Default);
             flags.insert(name.as_str().into(), flag);
         }
-        let Some(remote) = remote else {
-            return Snapshot {
+        if let Some(remote) = remote {
+            for (name, value) in &remote.processed.flags {
+                match value {
+                    Some(value) => flags.insert(
+                        name.as_str().into(),
+                        Flag::new(value.clone(), Origin::Remote),
+                    ),
+                    None => flags.remove(name.as_str()),
+                };
+            }
+        }
+        for (name, value) in overrides.into_iter().flatten() {
+            let flag = Flag::new(value.clone(), Origin::Override);
+            flags.insert(name.as_str().into(), flag);
+        }
+        match remote {
+            Some(remote) => Snapshot {
+                flags,
+                source: remote.source,
+                cache_timestamp: Some(remote.cache_timestamp),
+                etag: remote.etag.clone(),
+                groups: remote.processed.groups.clone(),
+            },
+            None => Snapshot {
                 flags,
                 ..Snapshot::default()
-            };
-        };
-        for (name, value) in remote.flags {
-            flags.insert(name.as_str().into(), Flag::new(value.clone()));
-        }
-        Snapshot {
-            flags,
-            source: remote.source,
-            cache_timestamp: Some(remote.cache_timestamp),
-            etag: remote.etag.map(str::to_owned),
+            },
         }
     }
 
     /// True when a subscriber would see no difference: same values, same source. The timestamp
     /// and etag are bookkeeping and do not count.
     pub(crate) fn same_content(&self, other: &Snapshot) -> bool {
-        self.source == other.source && self.flags == other.flags
+        self.source == other.source && self.flags == other.flags && self.groups == other.groups
     }
 
     pub(crate) fn flag(&self, name: &str) -> Option<&Flag> {
@@ -224,7 +245,17 @@ impl Snapshot {
     /// # }
     /// ```
     pub fn is_default(&self, name: &str) -> bool {
-        self.flags.get(name).is_some_and(|f| f.default)
+        self.flags
+            .get(name)
+            .is_some_and(|f| f.origin == Origin::Default)
+    }
+
+    /// Whether the flag is served from a local override (the builder's or
+    /// [`Flags::set_override`](crate::Flags::set_override)); false for a name not served at all.
+    pub fn is_override(&self, name: &str) -> bool {
+        self.flags
+            .get(name)
+            .is_some_and(|f| f.origin == Origin::Override)
     }
 
     /// Every flag name, sorted.
@@ -265,6 +296,17 @@ impl Snapshot {
         self.etag.as_deref()
     }
 
+    /// The name of the rollout group this client was placed in for a flag (the `name` of the
+    /// threshold-array entry selected for it), if any. An override of the flag does not remove it.
+    pub fn threshold_group(&self, name: &str) -> Option<&str> {
+        self.groups.get(name).map(String::as_str)
+    }
+
+    /// Every flag's rollout group, sorted by flag name.
+    pub fn threshold_groups(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+        self.groups.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
     /// All flags as one JSON object, keys sorted.
     pub fn to_json(&self) -> Map<String, Value> {
         self.flags
@@ -279,13 +321,17 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn remote(flags: &Map<String, Value>) -> Remote<'_> {
-        Remote {
-            flags,
+    fn remote(flags: &Map<String, Value>) -> RemoteLayer {
+        RemoteLayer {
+            processed: Arc::new(crate::rollout::process(flags, &Default::default())),
             source: Source::Network,
             cache_timestamp: 42,
-            etag: Some("\"e\""),
+            etag: Some("\"e\"".into()),
         }
+    }
+
+    fn build(remote: Option<RemoteLayer>, defaults: &HashMap<String, Value>) -> Snapshot {
+        Snapshot::build(defaults, remote.as_ref(), [&Map::new(), &Map::new()])
     }
 
     fn map(v: Value) -> Map<String, Value> {
@@ -296,7 +342,7 @@ mod tests {
     fn typed_reads_and_wrong_types() {
         let flags =
             map(json!({"b": true, "i": 7, "f": 2.5, "s": "on", "o": {"k": [1, 2]}, "big": 1e300}));
-        let s = Snapshot::build(Some(remote(&flags)), &HashMap::new());
+        let s = build(Some(remote(&flags)), &HashMap::new());
         assert_eq!(s.get_bool("b"), Some(true));
         assert_eq!(s.get_i64("i"), Some(7));
         assert_eq!(s.get_f64("i"), Some(7.0));
@@ -323,31 +369,31 @@ mod tests {
         let flags = map(json!({"a": 1}));
         let defaults: HashMap<String, Value> =
             [("a".into(), json!(0)), ("b".into(), json!("d"))].into();
-        let s = Snapshot::build(Some(remote(&flags)), &defaults);
+        let s = build(Some(remote(&flags)), &defaults);
         assert_eq!(s.get_i64("a"), Some(1));
         assert_eq!(s.get_str("b"), Some("d"));
         assert!(!s.is_default("a"));
         assert!(s.is_default("b"));
-        let s = Snapshot::build(None, &defaults);
+        let s = build(None, &defaults);
         assert!(s.is_default("a"));
         assert_eq!(s.get_i64("a"), Some(0));
         assert_eq!(s.source(), Source::Defaults);
         assert_eq!(s.cache_timestamp(), None);
-        let s = Snapshot::build(None, &HashMap::new());
+        let s = build(None, &HashMap::new());
         assert!(s.is_empty());
     }
 
     #[test]
     fn same_content_ignores_timestamp_not_source() {
         let flags = map(json!({"a": 1}));
-        let a = Snapshot::build(Some(remote(&flags)), &HashMap::new());
+        let a = build(Some(remote(&flags)), &HashMap::new());
         let mut r = remote(&flags);
         r.cache_timestamp = 99;
         r.etag = None;
-        assert!(a.same_content(&Snapshot::build(Some(r.clone()), &HashMap::new())));
+        assert!(a.same_content(&build(Some(r.clone()), &HashMap::new())));
         r.source = Source::Cache;
-        assert!(!a.same_content(&Snapshot::build(Some(r), &HashMap::new())));
+        assert!(!a.same_content(&build(Some(r), &HashMap::new())));
         let other = map(json!({"a": 2}));
-        assert!(!a.same_content(&Snapshot::build(Some(remote(&other)), &HashMap::new())));
+        assert!(!a.same_content(&build(Some(remote(&other)), &HashMap::new())));
     }
 }

@@ -11,8 +11,8 @@ use serde_json::{Map, Value};
 
 use crate::error::Error;
 
-/// What a [`Store`] keeps: the raw remote flags of the last successful fetch and how to judge
-/// them.
+/// What a [`Store`] keeps: the raw remote flags of the last successful fetch, how to judge them,
+/// and the local overrides.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -34,23 +34,48 @@ use crate::error::Error;
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[non_exhaustive]
 pub struct CacheRecord {
     /// The record format; records of another version are ignored.
     pub version: u32,
-    /// Identifies the request the flags answer (base URL, client, distribution, environment, a
-    /// hash of the profile id, client version). A record with another key is not used.
+    /// Identifies the request the flags answer and who they are processed for (base URL, client,
+    /// distribution, environment, hashes of the profile and metrics ids, client version). The
+    /// flags of a record with another key are not used.
     pub key: String,
-    /// When the flags were fetched, in milliseconds since the Unix epoch.
+    /// When the flags were fetched, in milliseconds since the Unix epoch; 0 when no fetch has
+    /// succeeded yet (the record then holds only overrides).
     pub cache_timestamp: u64,
     /// The server's entity tag, sent back as `If-None-Match`.
     pub etag: Option<String>,
-    /// The flags as the server sent them.
+    /// The flags as the server sent them, before processing.
     pub flags: Map<String, Value>,
+    /// Local overrides set with [`Flags::set_override`](crate::Flags::set_override), restored at
+    /// start whatever the key. Absent in records written before overrides existed.
+    #[serde(default)]
+    pub overrides: Map<String, Value>,
 }
 
 impl CacheRecord {
     /// The record format this crate writes.
     pub const VERSION: u32 = 1;
+
+    /// A record of the current format with no overrides, for stores that keep the parts
+    /// separately.
+    pub fn new(
+        key: impl Into<String>,
+        cache_timestamp: u64,
+        etag: Option<String>,
+        flags: Map<String, Value>,
+    ) -> Self {
+        CacheRecord {
+            version: Self::VERSION,
+            key: key.into(),
+            cache_timestamp,
+            etag,
+            flags,
+            overrides: Map::new(),
+        }
+    }
 }
 
 /// Where the poller loads flags at start and saves them after each successful fetch.
@@ -269,16 +294,31 @@ mod tests {
     use serde_json::json;
 
     fn record() -> CacheRecord {
-        CacheRecord {
-            version: CacheRecord::VERSION,
-            key: "k".into(),
-            cache_timestamp: 1_700_000_000_000,
-            etag: Some("\"e\"".into()),
-            flags: json!({"a": true, "ü nicode": [1, {"x": null}], "": 1.5})
+        let mut record = CacheRecord::new(
+            "k",
+            1_700_000_000_000,
+            Some("\"e\"".into()),
+            json!({"a": true, "ü nicode": [1, {"x": null}], "": 1.5})
                 .as_object()
                 .unwrap()
                 .clone(),
-        }
+        );
+        record.overrides.insert("o".into(), json!({"on": true}));
+        record
+    }
+
+    #[test]
+    fn records_without_overrides_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("flags.json");
+        fs::write(
+            &path,
+            r#"{"version":1,"key":"k","cache_timestamp":5,"etag":null,"flags":{"a":1}}"#,
+        )
+        .unwrap();
+        let loaded = FileStore::new(&path).load().unwrap().unwrap();
+        assert_eq!(loaded.flags["a"], json!(1));
+        assert!(loaded.overrides.is_empty());
     }
 
     #[test]

@@ -127,7 +127,13 @@ impl Run {
         keys.sort_unstable();
         assert_eq!(
             keys,
-            ["cache_timestamp", "error", "flags", "source"],
+            [
+                "cache_timestamp",
+                "error",
+                "flags",
+                "source",
+                "threshold_groups"
+            ],
             "{self:#?}"
         );
         assert!(
@@ -139,6 +145,7 @@ impl Run {
             "{self:#?}"
         );
         assert!(value["flags"].is_object(), "{self:#?}");
+        assert!(value["threshold_groups"].is_object(), "{self:#?}");
         assert!(
             value["error"].is_null() || value["error"].is_string(),
             "{self:#?}"
@@ -1299,10 +1306,17 @@ impl Watch {
             Some("snapshot") => {
                 assert_eq!(
                     keys(&value),
-                    ["cache_timestamp", "event", "flags", "source"],
+                    [
+                        "cache_timestamp",
+                        "event",
+                        "flags",
+                        "source",
+                        "threshold_groups"
+                    ],
                     "{line}"
                 );
                 assert!(value["flags"].is_object(), "{line}");
+                assert!(value["threshold_groups"].is_object(), "{line}");
                 assert!(
                     ["network", "cache", "defaults"].contains(&value["source"].as_str().unwrap()),
                     "{line}"

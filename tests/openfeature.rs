@@ -29,8 +29,7 @@ fn network_flags() -> serde_json::Value {
         {"ratio": 0.25},
         {"banner": "hello"},
         {"limits": {"max": 3, "tags": ["a", "b"], "off": null}},
-        {"list": [1, 2]},
-        {"nothing": null}
+        {"list": [1, 2]}
     ])
 }
 
@@ -132,7 +131,10 @@ async fn every_type_resolves_from_the_network_snapshot_as_static() {
 #[tokio::test(start_paused = true)]
 async fn wrong_types_are_type_mismatch() {
     let transport = answering(ScriptedResponse::json(&network_flags()));
-    let flags = builder(&transport).build().unwrap();
+    let flags = builder(&transport)
+        .default_flag("nothing", serde_json::Value::Null)
+        .build()
+        .unwrap();
     let client = client_for(FlagpoleProvider::new(flags.clone())).await;
 
     assert_eq!(
@@ -399,5 +401,39 @@ async fn initialize_waits_for_remote_flags_up_to_its_timeout() {
     let provider = FlagpoleProvider::new(flags.clone()).with_init_timeout(Duration::from_secs(2));
     let _client = client_for(provider).await;
     assert_eq!(start.elapsed(), Duration::from_secs(2));
+    flags.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn threshold_rollouts_are_split_with_the_group_as_variant_and_overrides_static() {
+    let body = json!([
+        {"newUI": [{"name": "everyone", "scope": {"type": "threshold", "value": 1.0}, "value": "c"}]},
+        {"plain": 1}
+    ]);
+    let transport = answering(ScriptedResponse::json(&body));
+    let flags = builder(&transport)
+        .profile_id("user-42")
+        .override_flag("plain", 7)
+        .build()
+        .unwrap();
+    let client = client_for(FlagpoleProvider::new(flags.clone())).await;
+
+    let details = client
+        .get_string_details("newUI", None, None)
+        .await
+        .unwrap();
+    assert_eq!(details.value, "c");
+    assert_eq!(details.reason, Some(EvaluationReason::Split));
+    assert_eq!(details.variant.as_deref(), Some("everyone"));
+
+    let details = client.get_int_details("plain", None, None).await.unwrap();
+    assert_eq!(
+        (details.value, details.reason),
+        (7, Some(EvaluationReason::Static))
+    );
+    assert_eq!(
+        details.flag_metadata.values["override"],
+        FlagMetadataValue::Bool(true)
+    );
     flags.shutdown().await;
 }

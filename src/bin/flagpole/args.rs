@@ -45,6 +45,18 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("`{s}` is not a duration like 30s, 15m or 1d: {e}"))
 }
 
+/// The library checks the version again at build; this check names the option in the error.
+fn parse_version(s: &str) -> Result<String, String> {
+    let bare = s.trim();
+    let bare = bare.strip_prefix('v').unwrap_or(bare);
+    match semver::Version::parse(bare) {
+        Ok(_) => Ok(s.to_owned()),
+        Err(e) => Err(format!(
+            "`{s}` is not a semantic version like 13.1.0 or 13.1.0-beta.2 ({e})"
+        )),
+    }
+}
+
 /// `NAME=JSON`.
 fn parse_default(s: &str) -> Result<(String, Value), String> {
     let (name, json) = s
@@ -102,8 +114,29 @@ pub(crate) struct Common {
     )]
     pub(crate) profile_id: Option<String>,
 
-    /// The app version; a cache saved by another version is not used. [default: none]
-    #[arg(long, global = true, env = "FLAGPOLE_CLIENT_VERSION")]
+    /// Metrics id for explicit targeting and --metrics-flags rollouts (never printed or logged).
+    /// [default: none]
+    #[arg(
+        long,
+        global = true,
+        env = "FLAGPOLE_METRICS_ID",
+        hide_env_values = true
+    )]
+    pub(crate) metrics_id: Option<String>,
+
+    /// Flags whose rollouts segment by the metrics id instead of the profile id, as a,b,c.
+    #[arg(
+        long,
+        global = true,
+        env = "FLAGPOLE_METRICS_FLAGS",
+        value_name = "NAMES",
+        value_delimiter = ','
+    )]
+    pub(crate) metrics_flags: Vec<String>,
+
+    /// The app's semantic version: picks version-gated values; a cache saved by another version
+    /// is not used. [default: none: version-gated values are shown as sent]
+    #[arg(long, global = true, env = "FLAGPOLE_CLIENT_VERSION", value_parser = parse_version)]
     pub(crate) client_version: Option<String>,
 
     /// How long fetched flags stay fresh.
@@ -138,6 +171,11 @@ pub(crate) struct Common {
     #[arg(long = "default", global = true, value_name = "NAME=JSON", env = "FLAGPOLE_DEFAULT", value_parser = parse_default)]
     pub(crate) defaults: Vec<(String, Value)>,
 
+    /// A local override as NAME=JSON (repeatable): served over remote flags and defaults, for
+    /// this run only.
+    #[arg(long = "override", global = true, value_name = "NAME=JSON", env = "FLAGPOLE_OVERRIDE", value_parser = parse_default)]
+    pub(crate) overrides: Vec<(String, Value)>,
+
     /// A JSON object of default flag values; --default entries win over it.
     #[arg(long, global = true, env = "FLAGPOLE_DEFAULTS_FILE")]
     pub(crate) defaults_file: Option<PathBuf>,
@@ -164,6 +202,16 @@ mod tests {
         assert!(parse_default("a=text")
             .unwrap_err()
             .contains("`a` is not JSON"));
+    }
+
+    #[test]
+    fn versions_parse() {
+        for good in ["13.1.0", "v13.1.0", " 1.2.3-beta.2+b7 "] {
+            assert_eq!(parse_version(good).unwrap(), good);
+        }
+        for bad in ["13.1", "latest", "01.2.3", ""] {
+            assert!(parse_version(bad).unwrap_err().contains("semantic version"));
+        }
     }
 
     #[test]

@@ -122,6 +122,10 @@ fn builder(common: &Common) -> Result<FlagsBuilder, Failure> {
     if let Some(id) = &common.profile_id {
         builder = builder.profile_id(id);
     }
+    if let Some(id) = &common.metrics_id {
+        builder = builder.metrics_id(id);
+    }
+    builder = builder.metrics_flags(common.metrics_flags.iter().filter(|n| !n.is_empty()));
     if let Some(version) = &common.client_version {
         builder = builder.client_version(version);
     }
@@ -129,6 +133,9 @@ fn builder(common: &Common) -> Result<FlagsBuilder, Failure> {
         builder = builder.defaults(read_defaults(path)?);
     }
     builder = builder.defaults(common.defaults.iter().cloned());
+    for (name, value) in &common.overrides {
+        builder = builder.override_flag(name, value.clone());
+    }
     if !common.no_cache {
         match cache_path(common) {
             Some(path) => builder = builder.store(FileStore::new(path)),

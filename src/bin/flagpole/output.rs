@@ -13,6 +13,7 @@ pub(crate) struct Get {
     source: Source,
     cache_timestamp: Option<u64>,
     flags: Map<String, Value>,
+    threshold_groups: Map<String, Value>,
     error: Option<String>,
 }
 
@@ -22,9 +23,18 @@ impl Get {
             source: snapshot.source(),
             cache_timestamp: snapshot.cache_timestamp(),
             flags: snapshot.to_json(),
+            threshold_groups: groups(snapshot),
             error,
         }
     }
+}
+
+/// `{flag: group}` for every flag placed in a rollout group.
+fn groups(snapshot: &Snapshot) -> Map<String, Value> {
+    snapshot
+        .threshold_groups()
+        .map(|(flag, group)| (flag.to_owned(), Value::from(group)))
+        .collect()
 }
 
 /// `flagpole watch` lines.
@@ -35,6 +45,7 @@ pub(crate) enum Event {
         source: Source,
         cache_timestamp: Option<u64>,
         flags: Map<String, Value>,
+        threshold_groups: Map<String, Value>,
     },
     Status {
         status: &'static str,
@@ -53,6 +64,7 @@ impl Event {
             source: snapshot.source(),
             cache_timestamp: snapshot.cache_timestamp(),
             flags: snapshot.to_json(),
+            threshold_groups: groups(snapshot),
         }
     }
 
