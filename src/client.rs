@@ -30,6 +30,33 @@ use crate::transport::Transport;
 /// The poller stops when [`shutdown`](Self::shutdown) is called, the cancellation token given to
 /// the builder is cancelled, or the last clone of the handle is dropped. Reads keep serving the
 /// last snapshot after that.
+///
+/// ```
+/// # use flagpole::{BoxFuture, Error, Request, Response, Transport};
+/// # struct Api; // a stand-in for the flag service
+/// # impl Transport for Api {
+/// #     fn send(&self, _: Request) -> BoxFuture<'static, Result<Response, Error>> {
+/// #         let body = br#"[{"beta": true}, {"banner": "hi"}, {"max": 3}]"#.to_vec();
+/// #         Box::pin(async move { Ok(Response::new(200, Default::default(), body)) })
+/// #     }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), flagpole::Error> {
+/// use std::time::Duration;
+/// use flagpole::{Flags, Source};
+///
+/// let flags = Flags::builder()
+///     .transport(Api) // the default is HTTP to the Client Config API
+///     .default_flag("beta", false)
+///     .build()?;
+/// assert!(flags.wait_until_ready(Duration::from_secs(5)).await);
+/// assert_eq!(flags.snapshot().source(), Source::Network);
+/// assert!(flags.get_bool_or("beta", false));
+/// assert_eq!(flags.get_i64("max"), Some(3));
+/// assert!(flags.status().is_fresh());
+/// flags.shutdown().await;
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct Flags {
     inner: Arc<Inner>,
@@ -100,6 +127,7 @@ impl Flags {
     }
 
     /// The current snapshot: one consistent view of every flag, to keep as long as needed.
+    /// See [`Snapshot`] for an example.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.inner.shared.current.load_full()
     }
@@ -110,6 +138,23 @@ impl Flags {
     }
 
     /// The flag as a boolean; `None` when absent or of another type.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let flags = flagpole::Flags::builder()
+    ///     .default_flag("beta", true)
+    ///     .default_flag("ratio", 0.5)
+    ///     .enabled(false)
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(flags.get_bool("beta"), Some(true));
+    /// assert_eq!(flags.get_bool("ratio"), None); // another type
+    /// assert_eq!(flags.get_f64("ratio"), Some(0.5));
+    /// assert_eq!(flags.get_i64("missing"), None);
+    /// assert!(flags.get_bool_or("missing", true));
+    /// # }
+    /// ```
     pub fn get_bool(&self, name: &str) -> Option<bool> {
         self.with(|s| s.get_bool(name))
     }
@@ -125,11 +170,39 @@ impl Flags {
     }
 
     /// The flag as a shared string: the snapshot's own copy, handed out without copying the text.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let flags = flagpole::Flags::builder()
+    ///     .default_flag("banner", "hello")
+    ///     .enabled(false)
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(flags.get_str("banner").as_deref(), Some("hello"));
+    /// assert_eq!(&*flags.get_str_or("missing", "none"), "none");
+    /// # }
+    /// ```
     pub fn get_str(&self, name: &str) -> Option<Arc<str>> {
         self.with(|s| s.flag(name).and_then(|f| f.text.clone()))
     }
 
     /// The flag's JSON value, cloned. To borrow instead, read from [`snapshot`](Self::snapshot).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use serde_json::json;
+    ///
+    /// let flags = flagpole::Flags::builder()
+    ///     .default_flag("theme", json!({"accent": "teal"}))
+    ///     .enabled(false)
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(flags.get("theme"), Some(json!({"accent": "teal"})));
+    /// assert_eq!(flags.names(), vec!["theme"]);
+    /// # }
+    /// ```
     pub fn get(&self, name: &str) -> Option<Value> {
         self.with(|s| s.get(name).cloned())
     }
@@ -202,6 +275,28 @@ impl Flags {
     ///
     /// # Cancellation safety
     /// Dropping the future does not cancel the fetch; other callers still get its result.
+    ///
+    /// ```
+    /// # use flagpole::{BoxFuture, Error, Request, Response, Transport};
+    /// # struct Api; // a stand-in for the flag service
+    /// # impl Transport for Api {
+    /// #     fn send(&self, _: Request) -> BoxFuture<'static, Result<Response, Error>> {
+    /// #         let body = br#"[{"beta": true}, {"banner": "hi"}, {"max": 3}]"#.to_vec();
+    /// #         Box::pin(async move { Ok(Response::new(200, Default::default(), body)) })
+    /// #     }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), flagpole::Error> {
+    /// let flags = flagpole::Flags::builder().transport(Api).build()?;
+    /// // Three callers, at most two requests (one in flight, one queued).
+    /// let (a, b, c) = tokio::join!(flags.refresh(), flags.refresh(), flags.refresh());
+    /// assert_eq!(a?.get_bool("beta"), Some(true));
+    /// assert!(b.is_ok() && c.is_ok());
+    ///
+    /// flags.set_enabled(false).await;
+    /// assert!(matches!(flags.refresh().await, Err(flagpole::Error::Disabled)));
+    /// # Ok(()) }
+    /// ```
     pub fn refresh(&self) -> impl Future<Output = Result<Arc<Snapshot>, Error>> + Send + 'static {
         let (reply, answer) = oneshot::channel();
         let sent = self.inner.commands.send(Command::Refresh(reply));
@@ -220,6 +315,31 @@ impl Flags {
     ///
     /// # Cancellation safety
     /// Dropping the future does not undo the change.
+    ///
+    /// ```
+    /// # use flagpole::{BoxFuture, Error, Request, Response, Transport};
+    /// # struct Api; // a stand-in for the flag service
+    /// # impl Transport for Api {
+    /// #     fn send(&self, _: Request) -> BoxFuture<'static, Result<Response, Error>> {
+    /// #         let body = br#"[{"beta": true}, {"banner": "hi"}, {"max": 3}]"#.to_vec();
+    /// #         Box::pin(async move { Ok(Response::new(200, Default::default(), body)) })
+    /// #     }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), flagpole::Error> {
+    /// use std::time::Duration;
+    ///
+    /// let flags = flagpole::Flags::builder()
+    ///     .transport(Api)
+    ///     .default_flag("beta", false)
+    ///     .build()?;
+    /// flags.wait_until_ready(Duration::from_secs(5)).await;
+    /// assert_eq!(flags.get_bool("beta"), Some(true)); // remote
+    /// flags.set_enabled(false).await; // the user opted out
+    /// assert_eq!(flags.get_bool("beta"), Some(false)); // defaults only
+    /// assert_eq!(flags.status().as_str(), "disabled");
+    /// # Ok(()) }
+    /// ```
     pub fn set_enabled(&self, enabled: bool) -> impl Future<Output = ()> + Send + 'static {
         let (ack, done) = oneshot::channel();
         let sent = self.inner.commands.send(Command::SetEnabled(enabled, ack));
@@ -303,11 +423,42 @@ impl Flags {
 
     /// A receiver of snapshots that wakes only when flag values or their source change; a fetch
     /// that brings identical flags updates the value without waking it.
+    ///
+    /// ```
+    /// # use flagpole::{BoxFuture, Error, Request, Response, Transport};
+    /// # struct Api; // a stand-in for the flag service
+    /// # impl Transport for Api {
+    /// #     fn send(&self, _: Request) -> BoxFuture<'static, Result<Response, Error>> {
+    /// #         let body = br#"[{"beta": true}, {"banner": "hi"}, {"max": 3}]"#.to_vec();
+    /// #         Box::pin(async move { Ok(Response::new(200, Default::default(), body)) })
+    /// #     }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), flagpole::Error> {
+    /// let flags = flagpole::Flags::builder().transport(Api).build()?;
+    /// let mut changes = flags.subscribe();
+    /// changes.changed().await.expect("the poller publishes the first fetch");
+    /// assert_eq!(changes.borrow_and_update().get_bool("beta"), Some(true));
+    /// # Ok(()) }
+    /// ```
     pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
         self.inner.shared.snapshots.subscribe()
     }
 
     /// The poller's status now.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), flagpole::Error> {
+    /// use flagpole::Status;
+    ///
+    /// let flags = flagpole::Flags::builder().enabled(false).build()?;
+    /// assert!(matches!(flags.status(), Status::Disabled));
+    /// let mut status = flags.status_receiver();
+    /// flags.shutdown().await;
+    /// status.wait_for(Status::is_stopped).await.unwrap();
+    /// # Ok(()) }
+    /// ```
     pub fn status(&self) -> Status {
         self.inner.shared.status.borrow().clone()
     }
@@ -323,6 +474,17 @@ impl Flags {
     ///
     /// # Cancellation safety
     /// Cancel-safe: it only observes.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), flagpole::Error> {
+    /// use std::time::Duration;
+    ///
+    /// // Remote flags off: nothing will arrive, so it answers false at once.
+    /// let flags = flagpole::Flags::builder().enabled(false).build()?;
+    /// assert!(!flags.wait_until_ready(Duration::from_secs(5)).await);
+    /// # Ok(()) }
+    /// ```
     pub async fn wait_until_ready(&self, timeout: Duration) -> bool {
         let mut snapshots = self.subscribe();
         let mut status = self.status_receiver();
@@ -351,6 +513,17 @@ impl Flags {
     ///
     /// # Cancellation safety
     /// The stop is requested when this is called; dropping the future only stops the waiting.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), flagpole::Error> {
+    /// let flags = flagpole::Flags::builder().default_flag("beta", true).enabled(false).build()?;
+    /// flags.shutdown().await;
+    /// assert!(flags.status().is_stopped());
+    /// assert_eq!(flags.get_bool("beta"), Some(true)); // reads go on
+    /// assert!(matches!(flags.refresh().await, Err(flagpole::Error::Stopped)));
+    /// # Ok(()) }
+    /// ```
     pub fn shutdown(&self) -> impl Future<Output = ()> + Send + 'static {
         self.inner.token.cancel();
         let task = self

@@ -6,6 +6,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::Url;
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
@@ -30,6 +31,23 @@ pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(5 * 60);
 pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 /// The default schedule jitter: refresh at a random point in the last 20% of the interval.
 pub const DEFAULT_SCHEDULE_JITTER: f64 = 0.2;
+/// The `User-Agent` sent with every request: `flagpole/<crate version>`. An application token
+/// set with [`FlagsBuilder::user_agent`] goes before it.
+///
+/// ```
+/// assert_eq!(flagpole::USER_AGENT, concat!("flagpole/", env!("CARGO_PKG_VERSION")));
+/// ```
+pub const USER_AGENT: &str = concat!("flagpole/", env!("CARGO_PKG_VERSION"));
+
+/// A function that edits the headers of every request; see [`FlagsBuilder::header_hook`].
+#[derive(Clone)]
+pub(crate) struct HeaderHook(pub(crate) Arc<dyn Fn(&mut HeaderMap) + Send + Sync>);
+
+impl fmt::Debug for HeaderHook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("HeaderHook")
+    }
+}
 
 // One macro for the three parameter enums so their names, parsing and serde stay in one place.
 macro_rules! name_enum {
@@ -85,6 +103,12 @@ macro_rules! name_enum {
 
 name_enum!(
     /// Which app asks for flags (`client=`).
+    ///
+    /// ```
+    /// use flagpole::Client;
+    /// assert_eq!("mobile".parse::<Client>().unwrap(), Client::Mobile);
+    /// assert_eq!(Client::default().to_string(), "extension");
+    /// ```
     Client, "client", {
         /// The browser extension (the default).
         #[default]
@@ -96,6 +120,12 @@ name_enum!(
 
 name_enum!(
     /// Which build of the app asks (`distribution=`).
+    ///
+    /// ```
+    /// use flagpole::Distribution;
+    /// assert_eq!("flask".parse::<Distribution>().unwrap(), Distribution::Flask);
+    /// assert_eq!(Distribution::NAMES, ["main", "flask"]);
+    /// ```
     Distribution, "distribution", {
         /// The main build (the default).
         #[default]
@@ -107,6 +137,12 @@ name_enum!(
 
 name_enum!(
     /// Which deployment environment asks (`environment=`).
+    ///
+    /// ```
+    /// use flagpole::Environment;
+    /// assert_eq!(Environment::Rc.as_str(), "rc");
+    /// assert_eq!(serde_json::to_string(&Environment::Dev).unwrap(), "\"dev\"");
+    /// ```
     Environment, "environment", {
         /// Production (the default).
         #[default]
@@ -138,6 +174,9 @@ pub(crate) struct Config {
     pub(crate) overrides: Map<String, Value>,
     pub(crate) enabled: bool,
     pub(crate) polling: bool,
+    pub(crate) user_agent: HeaderValue,
+    pub(crate) headers: HeaderMap,
+    pub(crate) header_hook: Option<HeaderHook>,
 }
 
 impl Config {
@@ -187,7 +226,9 @@ impl Config {
 /// | [`enabled`](Self::enabled) | `true` |
 /// | [`polling`](Self::polling) | `true`: fetch on the interval and retry failures |
 /// | [`cancellation_token`](Self::cancellation_token) | a new token |
-/// | [`http_client`](Self::http_client) / [`transport`](Self::transport) | a new `reqwest::Client` (rustls) |
+/// | [`http_client`](Self::http_client) / [`transport`](Self::transport) | a new `reqwest::Client` (rustls, or native-tls with that feature) |
+/// | [`user_agent`](Self::user_agent) | [`USER_AGENT`] alone (`flagpole/<version>`) |
+/// | [`header`](Self::header) / [`header_hook`](Self::header_hook) | none |
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -229,6 +270,9 @@ pub struct FlagsBuilder {
     token: Option<CancellationToken>,
     http_client: Option<reqwest::Client>,
     transport: Option<Arc<dyn Transport>>,
+    user_agent: Option<String>,
+    headers: Vec<(String, String)>,
+    header_hook: Option<HeaderHook>,
 }
 
 impl fmt::Debug for FlagsBuilder {
@@ -279,6 +323,9 @@ impl Default for FlagsBuilder {
             token: None,
             http_client: None,
             transport: None,
+            user_agent: None,
+            headers: Vec::new(),
+            header_hook: None,
         }
     }
 }
@@ -438,6 +485,62 @@ impl FlagsBuilder {
         self
     }
 
+    /// The application's product token, sent before flagpole's own in the `User-Agent` of every
+    /// request: `.user_agent("myapp/2.3")` sends `myapp/2.3 flagpole/0.1.0`.
+    ///
+    /// The `User-Agent` is set on each request, so it also replaces one configured on a caller's
+    /// [`http_client`](Self::http_client); a [`header`](Self::header) named `user-agent` replaces
+    /// it altogether.
+    ///
+    /// # Errors
+    /// [`build`](Self::build) fails with [`Error::Config`] when the text is not a valid header value.
+    pub fn user_agent(mut self, product: impl Into<String>) -> Self {
+        self.user_agent = Some(product.into());
+        self
+    }
+
+    /// A header sent with every request, such as an API key:
+    /// `.header("x-api-key", key)`. A later header of the same name replaces an earlier one.
+    /// Values are marked sensitive, so they never show in `Debug` output or logs.
+    ///
+    /// # Errors
+    /// [`build`](Self::build) fails with [`Error::Config`] for an invalid name or value (the
+    /// message names the header, never its value).
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// A function called for every request just before it is sent, to add or change headers:
+    /// credentials that rotate, a request id. It runs last, after the `Accept`, `User-Agent`,
+    /// [`header`](Self::header)s and `If-None-Match` headers are set, on the poller task: keep it
+    /// quick and never block in it.
+    ///
+    /// ```
+    /// use reqwest::header::{HeaderMap, HeaderValue};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), flagpole::Error> {
+    /// let flags = flagpole::Flags::builder()
+    ///     .user_agent("myapp/2.3")
+    ///     .header("x-api-key", "k-123")
+    ///     .header_hook(|headers: &mut HeaderMap| {
+    ///         let token = "fresh-token"; // e.g. read from a credentials cache
+    ///         if let Ok(mut value) = HeaderValue::from_str(&format!("Bearer {token}")) {
+    ///             value.set_sensitive(true);
+    ///             headers.insert("authorization", value);
+    ///         }
+    ///     })
+    ///     .enabled(false) // no request in this example
+    ///     .build()?;
+    /// # let _ = flags;
+    /// # Ok(()) }
+    /// ```
+    pub fn header_hook(mut self, hook: impl Fn(&mut HeaderMap) + Send + Sync + 'static) -> Self {
+        self.header_hook = Some(HeaderHook(Arc::new(hook)));
+        self
+    }
+
     /// Replaces HTTP altogether, e.g. with a
     #[cfg_attr(
         feature = "test-util",
@@ -511,6 +614,21 @@ impl FlagsBuilder {
         if self.max_body_bytes == 0 {
             return Err(Error::config("max body bytes must be above zero"));
         }
+        let user_agent = match &self.user_agent {
+            Some(product) => HeaderValue::from_str(&format!("{product} {USER_AGENT}"))
+                .map_err(|_| Error::config("user agent is not a valid header value"))?,
+            None => HeaderValue::from_static(USER_AGENT),
+        };
+        let mut headers = HeaderMap::with_capacity(self.headers.len());
+        for (name, value) in &self.headers {
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| Error::config(format!("header name `{name}` is not valid")))?;
+            // The value may be a secret: the message names the header only.
+            let mut value = HeaderValue::from_str(value)
+                .map_err(|_| Error::config(format!("header `{name}` has an invalid value")))?;
+            value.set_sensitive(true);
+            headers.insert(name, value);
+        }
         let client_version = match &self.client_version {
             None => None,
             Some(raw) => match rollout::parse_version(raw) {
@@ -544,6 +662,9 @@ impl FlagsBuilder {
             overrides: self.overrides.clone(),
             enabled: self.enabled,
             polling: self.polling,
+            user_agent,
+            headers,
+            header_hook: self.header_hook.clone(),
         })
     }
 }
@@ -659,11 +780,44 @@ mod tests {
                     .backoff_initial(Duration::from_secs(10))
                     .backoff_max(Duration::from_secs(1)),
             ),
+            ("user agent", Flags::builder().user_agent("app\n")),
+            ("header name", Flags::builder().header("bad name", "v")),
+            (
+                "header value",
+                Flags::builder().header("x-key", "line\nbreak"),
+            ),
         ];
         for (what, builder) in cases {
             let err = builder.validate().unwrap_err();
             assert!(matches!(err, Error::Config { .. }), "{what}: {err}");
         }
+    }
+
+    #[test]
+    fn header_errors_never_show_the_value() {
+        let err = Flags::builder()
+            .header("x-api-key", "secret\n")
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().contains("x-api-key"), "{err}");
+        assert!(!err.to_string().contains("secret"), "{err}");
+    }
+
+    #[test]
+    fn user_agent_and_headers_are_validated_into_the_config() {
+        let c = Flags::builder().validate().unwrap();
+        assert_eq!(c.user_agent, USER_AGENT);
+        let c = Flags::builder()
+            .user_agent("myapp/2.3")
+            .header("X-Api-Key", "k1")
+            .header("x-api-key", "k2")
+            .validate()
+            .unwrap();
+        assert_eq!(c.user_agent, format!("myapp/2.3 {USER_AGENT}").as_str());
+        assert_eq!(c.headers.len(), 1);
+        assert_eq!(c.headers["x-api-key"], "k2");
+        assert!(c.headers["x-api-key"].is_sensitive());
+        assert!(!format!("{c:?}").contains("k2"));
     }
 
     #[test]

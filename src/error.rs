@@ -12,6 +12,25 @@ pub(crate) type Source = Arc<dyn std::error::Error + Send + Sync + 'static>;
 /// Errors are cheap to clone (sources are reference-counted) because one failed fetch is reported
 /// to every caller of [`Flags::refresh`](crate::Flags::refresh) waiting on it and kept in
 /// [`Status::Stale`](crate::Status::Stale).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use flagpole::{Error, Flags};
+///
+/// let err = Flags::builder().base_url("ftp://example.com").build().unwrap_err();
+/// assert!(matches!(err, Error::Config { .. }));
+/// assert_eq!(
+///     err.to_string(),
+///     "invalid flagpole configuration: base URL `ftp://example.com`: scheme must be http or https"
+/// );
+///
+/// let err = Error::Http { status: 503 };
+/// assert_eq!(err.status(), Some(503));
+/// assert!(!err.is_permanent()); // retried with backoff
+/// assert!(Error::Http { status: 404 }.is_permanent());
+/// # }
+/// ```
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -130,6 +149,12 @@ impl Error {
 /// A string value that is not one of an enum's accepted names, from `FromStr` on
 /// [`Client`](crate::Client), [`Distribution`](crate::Distribution) or
 /// [`Environment`](crate::Environment).
+///
+/// ```
+/// let err = "staging".parse::<flagpole::Environment>().unwrap_err();
+/// assert_eq!(err.kind, "environment");
+/// assert_eq!(err.to_string(), "unknown environment `staging`: expected one of prod, rc, dev");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown {kind} `{value}`: expected one of {}", .expected.join(", "))]
 pub struct UnknownValue {

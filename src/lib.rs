@@ -54,6 +54,53 @@
 //!
 //! A runnable walk-through with an embedded fake API is `cargo run --example quickstart`.
 //!
+//! # Architecture
+//!
+//! ```text
+//!             refresh() / set_enabled()            watch::Receiver<Arc<Snapshot>>
+//!   caller ───────────── mpsc ──────────┐          watch::Receiver<Status>
+//!                                       ▼                   ▲
+//!   Store (file) ──load at start──▶  Poller task ──publish──┤
+//!         ▲                          │   ▲                  ▼
+//!         └──────save after fetch────┘   │          ArcSwap<Snapshot> ◀── get_bool / get / snapshot()
+//!                             Transport ─▶ Client Config API        (sync, never awaits or locks)
+//! ```
+//!
+//! - [`FlagsBuilder::build`] validates the configuration and spawns **one poller task** on the
+//!   current tokio runtime. It owns all I/O: it loads the [`Store`] at start, sends requests
+//!   through a [`Transport`] ([`HttpTransport`] by default), schedules refreshes and retries, and
+//!   saves each good flag set.
+//! - Each flag set becomes an immutable [`Snapshot`], published twice: into an `ArcSwap` that
+//!   every read loads without locking, and into a `watch` channel for [`Flags::subscribe`]. The
+//!   poller's health goes into another `watch` channel as a [`Status`].
+//! - [`Flags`] is the cheap, cloneable handle: reads go to the `ArcSwap`; [`Flags::refresh`] and
+//!   [`Flags::set_enabled`] are commands sent to the poller; dropping the last handle, calling
+//!   [`Flags::shutdown`] or cancelling the [`CancellationToken`] stops the poller.
+//!
+//! # Cargo features
+//!
+//! | feature | default | adds |
+//! |---|---|---|
+//! | `rustls` | yes | TLS through rustls for the HTTP client flagpole builds |
+//! | `native-tls` | no | TLS through the platform library (OpenSSL on Linux); preferred over rustls when both are on |
+//! | `openfeature` | no | `FlagpoleProvider`, an [OpenFeature](https://openfeature.dev) provider |
+//! | `test-util` | no | `ScriptedTransport`, canned answers with no sockets, for tests |
+//! | `cli` | no | the `flagpole` command |
+//!
+//! With no TLS feature the built-in client speaks plain `http` only. Proxies, extra root
+//! certificates and connection pools are set on a `reqwest::Client` given to
+//! [`FlagsBuilder::http_client`]; headers such as API keys with [`FlagsBuilder::header`] or
+//! [`FlagsBuilder::header_hook`]; every request carries the `User-Agent` [`USER_AGENT`].
+//!
+//! # Tracing
+//!
+//! flagpole logs through `tracing`, never with the profile id or the request URL. Each fetch
+//! runs in an `INFO` span named `flagpole.fetch` with the fields `status` (HTTP status, absent
+//! when no response came), `duration_ms`, `bytes` (body length), `flags` (how many were parsed),
+//! `source` (what is served after the fetch: `network`, `cache` or `defaults`) and `error` (on
+//! failure). After a failure, a `DEBUG` event "next flag fetch scheduled" carries `attempt`
+//! (failures in a row) and `delay_ms`. These names are stable.
+//!
 //! # Testing your own code
 //!
 //! The `test-util` feature adds `ScriptedTransport`, which answers from a script with no sockets,
@@ -71,6 +118,8 @@ mod client;
 mod config;
 mod error;
 mod layers;
+#[cfg(feature = "openfeature")]
+mod openfeature;
 mod parse;
 mod poller;
 mod request;
@@ -84,9 +133,11 @@ pub use client::Flags;
 pub use config::{
     Client, Distribution, Environment, FlagsBuilder, DEFAULT_BACKOFF_INITIAL, DEFAULT_BACKOFF_MAX,
     DEFAULT_BASE_URL, DEFAULT_FETCH_INTERVAL, DEFAULT_MAX_BODY_BYTES, DEFAULT_SCHEDULE_JITTER,
-    DEFAULT_TIMEOUT,
+    DEFAULT_TIMEOUT, USER_AGENT,
 };
 pub use error::{Error, UnknownValue};
+#[cfg(feature = "openfeature")]
+pub use openfeature::{FlagpoleProvider, ProviderEvent, ProviderEvents, DEFAULT_INIT_TIMEOUT};
 pub use snapshot::{Snapshot, Source};
 pub use status::Status;
 pub use store::{CacheRecord, FileStore, MemoryStore, Store};

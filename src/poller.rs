@@ -7,6 +7,8 @@ use reqwest::Url;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::field::Empty;
+use tracing::Instrument;
 
 use crate::backoff::Backoff;
 use crate::config::Config;
@@ -333,13 +335,28 @@ impl Poller {
         let had_etag = etag.is_some();
         let send = self.transport.send(request);
         let timeout = self.config.timeout;
-        self.in_flight = Some(Box::pin(async move {
+        // Stable field names, documented in the README. Never the URL: it holds the profile id.
+        let span = tracing::info_span!(
+            "flagpole.fetch",
+            status = Empty,
+            duration_ms = Empty,
+            bytes = Empty,
+            flags = Empty,
+            source = Empty,
+            error = Empty,
+        );
+        // Only the poller publishes, so what is served now is what a failure leaves served.
+        let served = self.shared.current.load().source();
+        let fetch = async move {
             let response = match tokio::time::timeout(timeout, send).await {
                 Err(_) => return failed(Error::Timeout { after: timeout }),
                 Ok(Err(Error::Timeout { .. })) => return failed(Error::Timeout { after: timeout }),
                 Ok(Err(error)) => return failed(error),
                 Ok(Ok(response)) => response,
             };
+            tracing::Span::current()
+                .record("status", response.status)
+                .record("bytes", response.body.len() as u64);
             match request::classify(response.status) {
                 StatusClass::Success => match parse(&response.body) {
                     Ok(flags) => Outcome::Fetched {
@@ -360,7 +377,31 @@ impl Poller {
                     ),
                 },
             }
-        }));
+        };
+        self.in_flight = Some(Box::pin(
+            async move {
+                let started = Instant::now();
+                let outcome = fetch.await;
+                let span = tracing::Span::current();
+                span.record("duration_ms", started.elapsed().as_millis() as u64);
+                match &outcome {
+                    Outcome::Fetched { flags, .. } => {
+                        span.record("flags", flags.len() as u64);
+                        span.record("source", Source::Network.as_str());
+                    }
+                    Outcome::NotModified => {
+                        span.record("source", Source::Network.as_str());
+                    }
+                    Outcome::Failed { error, .. } => {
+                        span.record("source", served.as_str());
+                        span.record("error", tracing::field::display(error));
+                    }
+                }
+                tracing::debug!("flag fetch finished");
+                outcome
+            }
+            .instrument(span),
+        ));
     }
 
     async fn finish(&mut self, outcome: Outcome) {
@@ -441,6 +482,7 @@ impl Poller {
             delay = delay.max(wait);
         }
         tracing::debug!(
+            attempt = self.backoff.attempt(),
             delay_ms = delay.as_millis() as u64,
             "next flag fetch scheduled"
         );

@@ -2,7 +2,9 @@
 
 use std::time::{Duration, SystemTime};
 
-use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, ETAG, IF_NONE_MATCH, RETRY_AFTER};
+use reqwest::header::{
+    HeaderMap, HeaderValue, ACCEPT, ETAG, IF_NONE_MATCH, RETRY_AFTER, USER_AGENT,
+};
 use reqwest::Url;
 
 use crate::config::Config;
@@ -28,12 +30,21 @@ pub(crate) fn flags_url(config: &Config) -> Url {
     url
 }
 
-/// The request for the flag set, conditional on `etag` when one is known.
+/// The request for the flag set, conditional on `etag` when one is known. Headers in order:
+/// `Accept`, `User-Agent`, the caller's headers (which may replace those), `If-None-Match`, then
+/// the caller's hook.
 pub(crate) fn build(config: &Config, url: &Url, etag: Option<&str>) -> Request {
     let mut headers = HeaderMap::new();
     headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
+    headers.insert(USER_AGENT, config.user_agent.clone());
+    for (name, value) in &config.headers {
+        headers.insert(name, value.clone());
+    }
     if let Some(value) = etag.and_then(|e| HeaderValue::from_str(e).ok()) {
         headers.insert(IF_NONE_MATCH, value);
+    }
+    if let Some(hook) = &config.header_hook {
+        (hook.0)(&mut headers);
     }
     Request {
         url: url.clone(),
@@ -159,6 +170,32 @@ mod tests {
         assert!(r.headers.get(IF_NONE_MATCH).is_none());
         let r = build(&c, &url, Some("\"v1\""));
         assert_eq!(r.headers[IF_NONE_MATCH], "\"v1\"");
+        assert_eq!(r.headers[USER_AGENT], crate::config::USER_AGENT);
+    }
+
+    #[test]
+    fn caller_headers_then_hook() {
+        let c = Flags::builder()
+            .base_url("https://api.example/v1/")
+            .user_agent("app/1")
+            .header("x-api-key", "k")
+            .header("accept", "application/vnd.flags+json")
+            .header_hook(|h: &mut HeaderMap| {
+                let n = h.len().to_string();
+                h.insert("x-seen", HeaderValue::from_str(&n).unwrap());
+            })
+            .validate()
+            .unwrap();
+        let r = build(&c, &flags_url(&c), Some("\"e\""));
+        assert_eq!(r.headers["x-api-key"], "k");
+        assert_eq!(r.headers[ACCEPT], "application/vnd.flags+json");
+        assert_eq!(
+            r.headers[USER_AGENT],
+            format!("app/1 {}", crate::config::USER_AGENT).as_str()
+        );
+        // Accept, User-Agent, x-api-key, If-None-Match were set before the hook ran.
+        assert_eq!(r.headers["x-seen"], "4");
+        assert!(!format!("{r:?}").contains("\"k\""));
     }
 
     #[test]

@@ -10,6 +10,17 @@ use serde_json::{Map, Value};
 use crate::layers::RemoteLayer;
 
 /// Where the flags of a [`Snapshot`] came from.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use flagpole::Source;
+///
+/// let flags = flagpole::Flags::builder().enabled(false).build().unwrap();
+/// assert_eq!(flags.snapshot().source(), Source::Defaults);
+/// assert_eq!(Source::Network.to_string(), "network");
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 #[non_exhaustive]
@@ -45,12 +56,26 @@ impl fmt::Display for Source {
 pub(crate) struct Flag {
     pub(crate) value: Value,
     pub(crate) text: Option<Arc<str>>,
+    /// Which layer the value comes from.
+    pub(crate) origin: Origin,
+}
+
+/// The layer a served value comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    Default,
+    Remote,
+    Override,
 }
 
 impl Flag {
-    fn new(value: Value) -> Self {
+    fn new(value: Value, origin: Origin) -> Self {
         let text = value.as_str().map(Arc::from);
-        Flag { value, text }
+        Flag {
+            value,
+            text,
+            origin,
+        }
     }
 }
 
@@ -124,18 +149,23 @@ impl Snapshot {
             + overrides.iter().map(|o| o.len()).sum::<usize>();
         let mut flags = FlagMap::with_capacity_and_hasher(size, Default::default());
         for (name, value) in defaults {
-            flags.insert(name.as_str().into(), Flag::new(value.clone()));
+            let flag = Flag::new(value.clone(), Origin::Default);
+            flags.insert(name.as_str().into(), flag);
         }
         if let Some(remote) = remote {
             for (name, value) in &remote.processed.flags {
                 match value {
-                    Some(value) => flags.insert(name.as_str().into(), Flag::new(value.clone())),
+                    Some(value) => flags.insert(
+                        name.as_str().into(),
+                        Flag::new(value.clone(), Origin::Remote),
+                    ),
                     None => flags.remove(name.as_str()),
                 };
             }
         }
         for (name, value) in overrides.into_iter().flatten() {
-            flags.insert(name.as_str().into(), Flag::new(value.clone()));
+            let flag = Flag::new(value.clone(), Origin::Override);
+            flags.insert(name.as_str().into(), flag);
         }
         match remote {
             Some(remote) => Snapshot {
@@ -195,6 +225,37 @@ impl Snapshot {
     /// Whether a flag of this name is served (from remote or defaults).
     pub fn contains(&self, name: &str) -> bool {
         self.flags.contains_key(name)
+    }
+
+    /// Whether the flag is served from the caller's defaults (see
+    /// [`FlagsBuilder::default_flag`](crate::FlagsBuilder::default_flag)) rather than from the
+    /// remote set; false for a name not served at all.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let flags = flagpole::Flags::builder()
+    ///     .default_flag("beta", false)
+    ///     .enabled(false)
+    ///     .build()
+    ///     .unwrap();
+    /// let view = flags.snapshot();
+    /// assert!(view.is_default("beta"));
+    /// assert!(!view.is_default("missing"));
+    /// # }
+    /// ```
+    pub fn is_default(&self, name: &str) -> bool {
+        self.flags
+            .get(name)
+            .is_some_and(|f| f.origin == Origin::Default)
+    }
+
+    /// Whether the flag is served from a local override (the builder's or
+    /// [`Flags::set_override`](crate::Flags::set_override)); false for a name not served at all.
+    pub fn is_override(&self, name: &str) -> bool {
+        self.flags
+            .get(name)
+            .is_some_and(|f| f.origin == Origin::Override)
     }
 
     /// Every flag name, sorted.
@@ -311,7 +372,10 @@ mod tests {
         let s = build(Some(remote(&flags)), &defaults);
         assert_eq!(s.get_i64("a"), Some(1));
         assert_eq!(s.get_str("b"), Some("d"));
+        assert!(!s.is_default("a"));
+        assert!(s.is_default("b"));
         let s = build(None, &defaults);
+        assert!(s.is_default("a"));
         assert_eq!(s.get_i64("a"), Some(0));
         assert_eq!(s.source(), Source::Defaults);
         assert_eq!(s.cache_timestamp(), None);

@@ -7,6 +7,21 @@ use crate::error::Error;
 /// What the poller is doing and whether the flags served are current.
 ///
 /// Flags are served in every state; the status only says how much to trust them.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use flagpole::Status;
+///
+/// let flags = flagpole::Flags::builder().enabled(false).build().unwrap();
+/// match flags.status() {
+///     Status::Fresh => println!("current flags"),
+///     Status::Stale { last_error, .. } => println!("last good flags; fetch failed: {last_error}"),
+///     other => println!("{}", other.as_str()),
+/// }
+/// assert_eq!(flags.status().as_str(), "disabled");
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum Status {

@@ -13,6 +13,26 @@ use crate::error::Error;
 
 /// What a [`Store`] keeps: the raw remote flags of the last successful fetch, how to judge them,
 /// and the local overrides.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), flagpole::Error> {
+/// # use flagpole::{BoxFuture, Error, Request, Response, Transport};
+/// # struct Api;
+/// # impl Transport for Api {
+/// #     fn send(&self, _: Request) -> BoxFuture<'static, Result<Response, Error>> {
+/// #         Box::pin(async { Ok(Response::new(200, Default::default(), br#"{"beta":true}"#.to_vec())) })
+/// #     }
+/// # }
+/// let store = flagpole::MemoryStore::new();
+/// let flags = flagpole::Flags::builder().transport(Api).store(store.clone()).build()?;
+/// flags.refresh().await?;
+/// flags.shutdown().await; // a saved record is written before "fresh" is reported
+/// let record = store.get().expect("saved");
+/// assert_eq!(record.version, flagpole::CacheRecord::VERSION);
+/// assert_eq!(record.flags["beta"], true);
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub struct CacheRecord {
@@ -62,6 +82,34 @@ impl CacheRecord {
 ///
 /// Methods are blocking; the poller calls them on tokio's blocking pool. Implement this to keep
 /// flags in a database or a platform key-value store.
+///
+/// ```
+/// use std::sync::Mutex;
+/// use flagpole::{CacheRecord, Error, Store};
+///
+/// /// Keeps the record as JSON text, as a key-value store would.
+/// #[derive(Default)]
+/// struct KvStore(Mutex<Option<String>>);
+///
+/// impl Store for KvStore {
+///     fn load(&self) -> Result<Option<CacheRecord>, Error> {
+///         let text = self.0.lock().unwrap().clone();
+///         // A corrupt record is no record.
+///         Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
+///     }
+///
+///     fn save(&self, record: &CacheRecord) -> Result<(), Error> {
+///         *self.0.lock().unwrap() = serde_json::to_string(record).ok();
+///         Ok(())
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let flags = flagpole::Flags::builder().store(KvStore::default()).enabled(false).build().unwrap();
+/// # drop(flags);
+/// # }
+/// ```
 pub trait Store: Send + Sync + 'static {
     /// The saved record, or `None` when there is none (or none usable). A store that finds a
     /// corrupt record should log a warning and return `Ok(None)`.
@@ -190,7 +238,12 @@ fn sync_parent(path: &Path) {
 }
 
 /// A store in memory: survives handles within one process, not restarts. Clones share the
-/// record, so a test can keep one clone to inspect what the poller saved.
+/// record, so a test can keep one clone to inspect what the poller saved (see [`CacheRecord`]).
+///
+/// ```
+/// let store = flagpole::MemoryStore::new();
+/// assert!(store.get().is_none());
+/// ```
 #[derive(Clone, Default)]
 pub struct MemoryStore {
     record: Arc<Mutex<Option<CacheRecord>>>,

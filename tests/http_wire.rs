@@ -849,6 +849,11 @@ async fn profile_id_is_never_logged_nor_in_errors_nor_in_the_cache_file() {
     let _guard = tracing::subscriber::set_default(subscriber);
 
     let server = good_flags_server().await;
+    // Other tests in this binary run flagpole at the same time with no subscriber. With a single
+    // `Dispatch` in the process, tracing-core computes a callsite's interest from the default of
+    // whichever thread hits it first, so a callsite first hit by another test would stay off
+    // here. A second, live `Dispatch` makes it consult every registered one instead.
+    let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("flags.json");
     let mut texts: Vec<String> = Vec::new();

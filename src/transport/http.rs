@@ -5,8 +5,26 @@ use reqwest::header::CONTENT_LENGTH;
 use super::{BoxFuture, Request, Response, Transport};
 use crate::error::Error;
 
-/// The real transport: `reqwest` with rustls, reading the body in chunks and stopping as soon as
-/// it passes the size limit.
+/// The real transport: `reqwest`, reading the body in chunks and stopping as soon as it passes the
+/// size limit.
+///
+/// TLS comes from the cargo features: `rustls` (the default) or `native-tls`. With neither, the
+/// client speaks plain `http` only (unless another crate in the build enables a reqwest TLS
+/// backend), and an `https` request fails with [`Error::Connect`]. Proxies, custom roots and
+/// pooling are configured on a caller's `reqwest::Client`, given with
+/// [`FlagsBuilder::http_client`](crate::FlagsBuilder::http_client) or
+/// [`with_client`](Self::with_client).
+///
+/// ```
+/// let transport = flagpole::HttpTransport::new().unwrap();
+/// # let _ = transport;
+/// let client = reqwest::Client::builder()
+///     // .proxy(reqwest::Proxy::https("http://proxy.internal:3128")?)
+///     .build()
+///     .unwrap();
+/// let transport = flagpole::HttpTransport::with_client(client);
+/// # let _ = transport;
+/// ```
 #[derive(Clone)]
 pub struct HttpTransport {
     client: reqwest::Client,
@@ -25,7 +43,7 @@ impl HttpTransport {
     /// [`Error::Config`] when the TLS backend cannot be initialised.
     pub fn new() -> Result<Self, Error> {
         let client = reqwest::Client::builder()
-            .user_agent(concat!("flagpole/", env!("CARGO_PKG_VERSION")))
+            .user_agent(crate::config::USER_AGENT)
             .build()
             .map_err(|e| Error::config(format!("cannot build the HTTP client: {e}")))?;
         Ok(HttpTransport { client })

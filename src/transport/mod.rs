@@ -22,12 +22,19 @@ pub use http::HttpTransport;
 #[cfg(feature = "test-util")]
 pub use scripted::{ScriptedResponse, ScriptedTransport};
 
-/// A boxed, sendable future, as returned by [`Transport::send`].
+/// A boxed, sendable future, as returned by [`Transport::send`] (see its example).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// One GET request for the flag set.
 ///
 /// Its `Debug` output hides the `user=` parameter (the profile id), so a transport may log it.
+///
+/// ```
+/// let url = reqwest::Url::parse("https://api.example/v1/flags?client=mobile&user=id-42").unwrap();
+/// let request = flagpole::Request::new(url);
+/// assert_eq!(request.max_body_bytes, flagpole::DEFAULT_MAX_BODY_BYTES);
+/// assert!(!format!("{request:?}").contains("id-42"));
+/// ```
 #[derive(Clone)]
 #[non_exhaustive]
 pub struct Request {
@@ -84,6 +91,11 @@ impl std::fmt::Debug for Request {
 }
 
 /// What the server answered: any status (the poller classifies it), headers, and the whole body.
+///
+/// ```
+/// let response = flagpole::Response::new(200, Default::default(), br#"{"beta":true}"#.to_vec());
+/// assert_eq!(response.status, 200);
+/// ```
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Response {
@@ -111,6 +123,31 @@ impl Response {
 ///
 /// Errors should be [`Error::Connect`] for network failures, [`Error::TooLarge`] for an oversized
 /// body and [`Error::Timeout`] for a transport's own timeouts; statuses are not errors here.
+///
+/// ```
+/// use flagpole::{BoxFuture, Error, Flags, Request, Response, Transport};
+///
+/// /// Serves a fixed flag set: for demos, or for a service that gets its flags another way.
+/// struct Fixed(&'static str);
+///
+/// impl Transport for Fixed {
+///     fn send(&self, request: Request) -> BoxFuture<'static, Result<Response, Error>> {
+///         let body = self.0.as_bytes().to_vec();
+///         Box::pin(async move {
+///             if body.len() > request.max_body_bytes {
+///                 return Err(Error::TooLarge { limit: request.max_body_bytes });
+///             }
+///             Ok(Response::new(200, Default::default(), body))
+///         })
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Error> {
+/// let flags = Flags::builder().transport(Fixed(r#"[{"beta": true}]"#)).build()?;
+/// assert_eq!(flags.refresh().await?.get_bool("beta"), Some(true));
+/// # Ok(()) }
+/// ```
 pub trait Transport: Send + Sync + 'static {
     /// Sends `request` and reads the whole body.
     ///

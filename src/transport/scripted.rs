@@ -9,6 +9,17 @@ use super::{BoxFuture, Request, Response, Transport};
 use crate::error::Error;
 
 /// One canned answer for [`ScriptedTransport`]: a response or an error, after an optional delay.
+///
+/// ```
+/// use std::time::Duration;
+/// use flagpole::{Error, ScriptedResponse, ScriptedTransport};
+///
+/// let transport = ScriptedTransport::new();
+/// transport
+///     .push(ScriptedResponse::json(&serde_json::json!({"beta": true})).header("etag", "\"v1\""))
+///     .push(ScriptedResponse::status(304).delay(Duration::from_millis(10)))
+///     .push(ScriptedResponse::error(Error::Timeout { after: Duration::from_secs(10) }));
+/// ```
 #[derive(Debug, Clone)]
 pub struct ScriptedResponse {
     outcome: Result<Response, Error>,
