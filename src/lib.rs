@@ -73,6 +73,12 @@
 //! - Each flag set becomes an immutable [`Snapshot`], published twice: into an `ArcSwap` that
 //!   every read loads without locking, and into a `watch` channel for [`Flags::subscribe`]. The
 //!   poller's health goes into another `watch` channel as a [`Status`].
+//! - A snapshot is built from three layers, later winning: the caller's defaults, the remote flags
+//!   processed for this client as MetaMask does (version-gated values for the
+//!   [client version](FlagsBuilder::client_version), threshold rollouts and explicit targeting for
+//!   the [profile](FlagsBuilder::profile_id) and [metrics](FlagsBuilder::metrics_id) ids), then
+//!   local overrides. Processing runs once per new remote flag set, never on a read; an override
+//!   ([`Flags::set_override`]) rebuilds and publishes a snapshot at once, without a fetch.
 //! - [`Flags`] is the cheap, cloneable handle: reads go to the `ArcSwap`; [`Flags::refresh`] and
 //!   [`Flags::set_enabled`] are commands sent to the poller; dropping the last handle, calling
 //!   [`Flags::shutdown`] or cancelling the [`CancellationToken`] stops the poller.
