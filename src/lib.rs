@@ -70,12 +70,17 @@ mod backoff;
 mod client;
 mod config;
 mod error;
+#[cfg(feature = "test-util")]
+#[doc(hidden)]
+pub mod hooks;
+mod key;
 mod parse;
 mod poller;
 mod request;
 mod snapshot;
 mod status;
 mod store;
+mod table;
 mod transport;
 
 pub use client::Flags;
@@ -85,6 +90,7 @@ pub use config::{
     DEFAULT_TIMEOUT,
 };
 pub use error::{Error, UnknownValue};
+pub use key::FlagKey;
 pub use snapshot::{Snapshot, Source};
 pub use status::Status;
 pub use store::{CacheRecord, FileStore, MemoryStore, Store};

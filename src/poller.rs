@@ -27,6 +27,29 @@ pub(crate) struct Shared {
     pub(crate) status: watch::Sender<Status>,
 }
 
+impl Shared {
+    /// Publishes to readers (the `ArcSwap`) and subscribers (the watch channel). A snapshot that
+    /// serves the same flag names as the current one takes over its layout first, so that
+    /// pre-resolved [`FlagKey`](crate::FlagKey)s stay resolved.
+    pub(crate) fn publish(&self, mut snapshot: Snapshot) -> Arc<Snapshot> {
+        snapshot.share_layout(&self.current.load());
+        let snapshot = Arc::new(snapshot);
+        self.store(Arc::clone(&snapshot));
+        snapshot
+    }
+
+    /// Publishes a snapshot as it is.
+    pub(crate) fn store(&self, snapshot: Arc<Snapshot>) {
+        self.current.store(Arc::clone(&snapshot));
+        // A fetch that changed nothing but the timestamp updates the value without waking anyone.
+        self.snapshots.send_if_modified(|current| {
+            let changed = !current.same_content(&snapshot);
+            *current = snapshot;
+            changed
+        });
+    }
+}
+
 pub(crate) type RefreshReply = oneshot::Sender<Result<Arc<Snapshot>, Error>>;
 
 /// Requests from the handles.
@@ -434,15 +457,7 @@ impl Poller {
     }
 
     fn publish(&self, snapshot: Snapshot) -> Arc<Snapshot> {
-        let snapshot = Arc::new(snapshot);
-        self.shared.current.store(Arc::clone(&snapshot));
-        // A fetch that changed nothing but the timestamp updates the value without waking anyone.
-        self.shared.snapshots.send_if_modified(|current| {
-            let changed = !current.same_content(&snapshot);
-            *current = Arc::clone(&snapshot);
-            changed
-        });
-        snapshot
+        self.shared.publish(snapshot)
     }
 
     fn set_status(&self, status: Status) {

@@ -7,6 +7,10 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
+use crate::key::FlagKey;
+pub(crate) use crate::table::FlagMap;
+use crate::table::Scalar;
+
 /// Where the flags of a [`Snapshot`] came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -43,18 +47,25 @@ impl fmt::Display for Source {
 pub(crate) struct Flag {
     pub(crate) value: Value,
     pub(crate) text: Option<Arc<str>>,
+    /// The boolean or number reading, worked out once at publish time.
+    pub(crate) scalar: Scalar,
 }
 
 impl Flag {
-    fn new(value: Value) -> Self {
+    pub(crate) fn new(value: Value) -> Self {
         let text = value.as_str().map(Arc::from);
-        Flag { value, text }
+        let scalar = Scalar::of(&value);
+        Flag {
+            value,
+            text,
+            scalar,
+        }
     }
 }
 
-// foldhash: the map is built once per publish and read millions of times, so a fast hasher is
-// the right trade; keys come from the configured flag service, not from end users.
-pub(crate) type FlagMap = HashMap<Box<str>, Flag, foldhash::fast::RandomState>;
+// `FlagMap` (src/table.rs): the map is built once per publish and read millions of times, so
+// names are hashed with foldhash and every flag gets a slot that a `FlagKey` can remember; keys
+// come from the configured flag service, not from end users.
 
 /// An immutable, consistent view of every flag at one moment.
 ///
@@ -157,17 +168,17 @@ impl Snapshot {
 
     /// The flag as a boolean; `None` when absent or not a boolean.
     pub fn get_bool(&self, name: &str) -> Option<bool> {
-        self.get(name)?.as_bool()
+        self.flag(name)?.scalar.as_bool()
     }
 
     /// The flag as an integer; `None` when absent, not a number, fractional or out of range.
     pub fn get_i64(&self, name: &str) -> Option<i64> {
-        self.get(name)?.as_i64()
+        self.flag(name)?.scalar.as_i64()
     }
 
     /// The flag as a float (integers convert); `None` when absent or not a number.
     pub fn get_f64(&self, name: &str) -> Option<f64> {
-        self.get(name)?.as_f64()
+        self.flag(name)?.scalar.as_f64()
     }
 
     /// The flag as a string slice, borrowed from the snapshot; `None` when absent or not a string.
@@ -221,6 +232,42 @@ impl Snapshot {
     /// The entity tag of the remote flags, if the server sent one.
     pub fn etag(&self) -> Option<&str> {
         self.etag.as_deref()
+    }
+
+    pub(crate) fn flag_by_key(&self, key: &FlagKey) -> Option<&Flag> {
+        key.find(&self.flags)
+    }
+
+    /// The flag's JSON value, through a pre-resolved [`FlagKey`].
+    pub fn get_key(&self, key: &FlagKey) -> Option<&Value> {
+        self.flag_by_key(key).map(|f| &f.value)
+    }
+
+    /// [`get_bool`](Self::get_bool) through a pre-resolved [`FlagKey`]: no hashing once the key
+    /// knows this flag set.
+    pub fn get_bool_key(&self, key: &FlagKey) -> Option<bool> {
+        self.flag_by_key(key)?.scalar.as_bool()
+    }
+
+    /// [`get_i64`](Self::get_i64) through a pre-resolved [`FlagKey`].
+    pub fn get_i64_key(&self, key: &FlagKey) -> Option<i64> {
+        self.flag_by_key(key)?.scalar.as_i64()
+    }
+
+    /// [`get_f64`](Self::get_f64) through a pre-resolved [`FlagKey`].
+    pub fn get_f64_key(&self, key: &FlagKey) -> Option<f64> {
+        self.flag_by_key(key)?.scalar.as_f64()
+    }
+
+    /// [`get_str`](Self::get_str) through a pre-resolved [`FlagKey`].
+    pub fn get_str_key(&self, key: &FlagKey) -> Option<&str> {
+        self.flag_by_key(key)?.value.as_str()
+    }
+
+    /// Takes over `previous`'s flag layout when both serve the same names in the same order, so
+    /// that keys resolved against `previous` stay resolved. Called just before publishing.
+    pub(crate) fn share_layout(&mut self, previous: &Snapshot) -> bool {
+        self.flags.share_layout(&previous.flags)
     }
 
     /// All flags as one JSON object, keys sorted.
