@@ -6,7 +6,7 @@
 //! `(layout id, slot)` and read with one comparison and one index. Snapshots whose flag names are
 //! the same (in the same order) share one layout, so keys stay resolved across publishes.
 
-use std::hash::Hasher;
+use std::hash::Hasher as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -37,13 +37,86 @@ fn seed() -> u64 {
     *SEED.get_or_init(|| fastrand::u64(..))
 }
 
-/// The hash of a flag name under `seed`: foldhash over the bytes alone (no length suffix, as the
-/// table compares names anyway).
+/// The hash of a flag name under `seed`. Flag names are short, so names up to 32 bytes are
+/// hashed inline from a few overlapping 8-byte reads with folded multiplies (the construction of
+/// foldhash and rapidhash, without their general-purpose set-up); longer names go to foldhash.
+/// Every byte is read, and the table compares whole names, so the hash only has to spread.
 #[inline]
 pub(crate) fn hash_name_with(seed: u64, name: &str) -> u64 {
-    let mut hasher = FoldHasher::with_seed(seed, SharedSeed::global_fixed());
-    hasher.write(name.as_bytes());
-    hasher.finish()
+    const K: [u64; 4] = [
+        0x243f_6a88_85a3_08d3,
+        0x1319_8a2e_0370_7344,
+        0xa409_3822_299f_31d0,
+        0x082e_fa98_ec4e_6c89,
+    ];
+    let bytes = name.as_bytes();
+    let len = bytes.len();
+    let seed = seed ^ (len as u64).wrapping_mul(K[3]);
+    if len <= 16 {
+        let (lo, hi) = if len >= 8 {
+            (read8(bytes, 0), read8(bytes, len - 8))
+        } else if len >= 4 {
+            (read4(bytes, 0), read4(bytes, len - 4))
+        } else if len > 0 {
+            let (first, mid, last) = (bytes[0], bytes[len / 2], bytes[len - 1]);
+            (u64::from(first), u64::from(mid) << 8 | u64::from(last))
+        } else {
+            (0, 0)
+        };
+        folded_multiply(lo ^ seed ^ K[0], hi ^ K[1])
+    } else if len <= 32 {
+        let a = folded_multiply(read8(bytes, 0) ^ seed ^ K[0], read8(bytes, 8) ^ K[1]);
+        let b = folded_multiply(
+            read8(bytes, len - 16) ^ seed ^ K[2],
+            read8(bytes, len - 8) ^ K[3],
+        );
+        folded_multiply(a ^ K[2], b ^ K[0])
+    } else {
+        let mut hasher = FoldHasher::with_seed(seed, SharedSeed::global_fixed());
+        hasher.write(bytes);
+        hasher.finish()
+    }
+}
+
+#[inline(always)]
+fn folded_multiply(x: u64, y: u64) -> u64 {
+    let full = u128::from(x) * u128::from(y);
+    full as u64 ^ (full >> 64) as u64
+}
+
+#[inline(always)]
+fn read8(bytes: &[u8], at: usize) -> u64 {
+    let mut word = [0; 8];
+    word.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(word)
+}
+
+#[inline(always)]
+fn read4(bytes: &[u8], at: usize) -> u64 {
+    let mut word = [0; 4];
+    word.copy_from_slice(&bytes[at..at + 4]);
+    u64::from(u32::from_le_bytes(word))
+}
+
+/// Whole-name equality, inline for names of 8 bytes or more (overlapping 8-byte reads) instead
+/// of a call to `memcmp`.
+#[inline(always)]
+fn same_name(a: &[u8], b: &[u8]) -> bool {
+    let len = a.len();
+    if len != b.len() {
+        return false;
+    }
+    if len < 8 {
+        return a == b;
+    }
+    let mut at = 0;
+    while at + 8 < len {
+        if read8(a, at) != read8(b, at) {
+            return false;
+        }
+        at += 8;
+    }
+    read8(a, len - 8) == read8(b, len - 8)
 }
 
 /// The hash of a flag name with this process's seed, as a key precomputes it.
@@ -101,7 +174,7 @@ impl Layout {
             }
             if entry >> 32 == tag {
                 let slot = (entry as u32 - 1) as usize;
-                if *self.names[slot] == *name {
+                if same_name(self.names[slot].as_bytes(), name.as_bytes()) {
                     return Some(slot);
                 }
             }
@@ -331,6 +404,64 @@ mod tests {
 
     fn flag(v: serde_json::Value) -> Flag {
         Flag::new(v)
+    }
+
+    #[test]
+    fn scalars_read_like_serde_json() {
+        let values = [
+            json!(true),
+            json!(false),
+            json!(0),
+            json!(-7),
+            json!(i64::MAX),
+            json!(i64::MIN),
+            json!(u64::MAX),
+            json!(2.5),
+            json!(7.0),
+            json!(-0.0),
+            json!(1e300),
+            json!("7"),
+            json!(null),
+            json!([1]),
+            json!({"a": 1}),
+        ];
+        for value in values {
+            let scalar = Scalar::of(&value);
+            assert_eq!(scalar.as_bool(), value.as_bool(), "{value}");
+            assert_eq!(scalar.as_i64(), value.as_i64(), "{value}");
+            assert_eq!(
+                scalar.as_f64().map(f64::to_bits),
+                value.as_f64().map(f64::to_bits),
+                "{value}"
+            );
+        }
+    }
+
+    #[test]
+    fn names_of_every_length_hash_apart_and_compare_exactly() {
+        let names: Vec<String> = (0..80)
+            .map(|len| "abcdefghij".repeat(8)[..len].to_owned())
+            .collect();
+        let mut hashes: Vec<u64> = names.iter().map(|n| hash_name_with(1, n)).collect();
+        hashes.sort_unstable();
+        hashes.dedup();
+        assert_eq!(hashes.len(), names.len());
+        assert_ne!(hash_name_with(1, "flag-a"), hash_name_with(2, "flag-a"));
+        for a in &names {
+            for b in &names {
+                assert_eq!(same_name(a.as_bytes(), b.as_bytes()), a == b);
+            }
+            // One byte off, anywhere.
+            for at in 0..a.len() {
+                let mut other = a.clone().into_bytes();
+                other[at] ^= 1;
+                assert!(!same_name(a.as_bytes(), &other));
+                assert_ne!(
+                    hash_name_with(1, a),
+                    hash_name_with(1, std::str::from_utf8(&other).unwrap())
+                );
+            }
+        }
     }
 
     #[test]
