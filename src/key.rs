@@ -62,7 +62,7 @@ impl FlagKey {
     /// layout, else one hashed lookup whose answer is remembered.
     #[inline]
     pub(crate) fn find<'a>(&self, map: &'a FlagMap) -> Option<&'a Flag> {
-        let id = map.layout().id();
+        let id = map.layout_id();
         // Relaxed is enough: the word is self-contained, and a layout id never changes meaning.
         let cached = self.cached.load(Ordering::Relaxed);
         if cached >> SLOT_BITS == id {

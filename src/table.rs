@@ -131,7 +131,7 @@ pub(crate) struct Layout {
     id: u64,
     seed: u64,
     names: Vec<Box<str>>,
-    /// Open addressing, linear probing, at most half full: `0` is empty, otherwise the high 32
+    /// Open addressing, linear probing, at most a quarter full (short probes, for misses too): `0` is empty, otherwise the high 32
     /// bits of the name's hash and the slot plus one in the low 32.
     index: Box<[u64]>,
 }
@@ -199,7 +199,7 @@ impl Layout {
         self.id = next_layout_id();
         let slot = self.names.len();
         self.names.push(name);
-        if self.names.len() * 2 > self.index.len() {
+        if self.names.len() * 4 > self.index.len() {
             self.rebuild_index();
         } else {
             self.insert_index(slot, hash);
@@ -225,9 +225,9 @@ impl Layout {
     }
 }
 
-/// An index of at least twice `capacity` entries (a power of two, at least 8).
+/// An index of at least four times `capacity` entries (a power of two, at least 8).
 fn index_len(capacity: usize) -> usize {
-    (capacity.max(4) * 2).next_power_of_two()
+    (capacity.max(2) * 4).next_power_of_two()
 }
 
 /// A flag's scalar reading, worked out once when the snapshot is built so that typed reads are
@@ -292,6 +292,8 @@ impl Scalar {
 #[derive(Debug, Clone)]
 pub(crate) struct FlagMap {
     layout: Arc<Layout>,
+    /// `layout.id`, copied here so that a keyed read does not follow the layout pointer.
+    layout_id: u64,
     flags: Vec<Flag>,
 }
 
@@ -304,8 +306,10 @@ impl Default for FlagMap {
 impl FlagMap {
     pub(crate) fn with_capacity(capacity: usize) -> Self {
         // More than 2^32 - 1 flags would not fit an index entry; no flag set comes close.
+        let layout = Layout::with_capacity(capacity);
         FlagMap {
-            layout: Arc::new(Layout::with_capacity(capacity)),
+            layout_id: layout.id,
+            layout: Arc::new(layout),
             flags: Vec::with_capacity(capacity),
         }
     }
@@ -326,7 +330,9 @@ impl FlagMap {
         match self.layout.find_hashed(&name, hash) {
             Some(slot) => Some(std::mem::replace(&mut self.flags[slot], flag)),
             None => {
-                let slot = Arc::make_mut(&mut self.layout).push(name, hash);
+                let layout = Arc::make_mut(&mut self.layout);
+                let slot = layout.push(name, hash);
+                self.layout_id = layout.id;
                 debug_assert_eq!(slot, self.flags.len());
                 self.flags.push(flag);
                 None
@@ -351,6 +357,12 @@ impl FlagMap {
 
     pub(crate) fn layout(&self) -> &Layout {
         &self.layout
+    }
+
+    /// The id of [`layout`](Self::layout), without following the pointer.
+    #[inline]
+    pub(crate) fn layout_id(&self) -> u64 {
+        self.layout_id
     }
 
     pub(crate) fn keys(&self) -> std::slice::Iter<'_, Box<str>> {
@@ -379,6 +391,7 @@ impl FlagMap {
             return false;
         }
         self.layout = Arc::clone(&other.layout);
+        self.layout_id = other.layout_id;
         true
     }
 }
@@ -503,6 +516,13 @@ mod tests {
         );
         copy.insert("c".into(), flag(json!(1)));
         assert_ne!(copy.layout().id(), id);
+        for m in [&map, &copy] {
+            assert_eq!(
+                m.layout_id(),
+                m.layout().id(),
+                "the copied id follows the layout"
+            );
+        }
         assert_eq!(map.layout().id(), id);
         assert!(map.get("c").is_none());
     }
@@ -521,6 +541,7 @@ mod tests {
         assert_ne!(a.layout().id(), b.layout().id());
         assert!(b.share_layout(&a));
         assert_eq!(a.layout().id(), b.layout().id());
+        assert_eq!(b.layout_id(), a.layout().id());
         assert_eq!(b.get("y").unwrap().value, json!(2));
         assert_ne!(a, b);
 
