@@ -138,17 +138,17 @@ mod tests {
         let key = FlagKey::new("y");
         assert_eq!(cached(&key), (0, 0));
         assert_eq!(key.find(&a).unwrap().value, json!(1));
-        assert_eq!(cached(&key), (a.layout().id(), 1));
+        assert_eq!(cached(&key), (a.layout_id(), 1));
         assert_eq!(key.find(&a).unwrap().value, json!(1));
 
         // Another order: re-resolved.
         let b = map(&["y", "x"]);
         assert_eq!(key.find(&b).unwrap().value, json!(0));
-        assert_eq!(cached(&key), (b.layout().id(), 0));
+        assert_eq!(cached(&key), (b.layout_id(), 0));
 
         let missing = FlagKey::new("w");
         assert!(missing.find(&a).is_none());
-        assert_eq!(cached(&missing), (a.layout().id(), ABSENT));
+        assert_eq!(cached(&missing), (a.layout_id(), ABSENT));
         assert!(missing.find(&a).is_none());
     }
 
@@ -185,7 +185,7 @@ mod tests {
         let key = FlagKey::new("y");
         // A slot past the end under the right id (cannot happen, but must not panic).
         key.cached
-            .store(a.layout().id() << SLOT_BITS | 7, Ordering::Relaxed);
+            .store(a.layout_id() << SLOT_BITS | 7, Ordering::Relaxed);
         assert!(key.find(&a).is_none());
         // A word for another layout: resolved again.
         key.cached.store(u64::MAX, Ordering::Relaxed);

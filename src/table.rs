@@ -158,10 +158,6 @@ impl Layout {
         }
     }
 
-    pub(crate) fn id(&self) -> u64 {
-        self.id
-    }
-
     #[inline]
     fn find_hashed(&self, name: &str, hash: u64) -> Option<usize> {
         let mask = self.index.len() - 1;
@@ -501,29 +497,25 @@ mod tests {
     fn growth_and_copies_take_new_ids_replacement_does_not() {
         let mut map = FlagMap::with_capacity(4);
         map.insert("a".into(), flag(json!(1)));
-        let id = map.layout().id();
+        let id = map.layout().id;
         map.insert("a".into(), flag(json!(2)));
-        assert_eq!(map.layout().id(), id);
+        assert_eq!(map.layout().id, id);
         map.insert("b".into(), flag(json!(1)));
-        assert_ne!(map.layout().id(), id);
+        assert_ne!(map.layout().id, id);
 
-        let id = map.layout().id();
+        let id = map.layout().id;
         let mut copy = map.clone();
-        assert_eq!(
-            copy.layout().id(),
-            id,
-            "an untouched copy shares the layout"
-        );
+        assert_eq!(copy.layout().id, id, "an untouched copy shares the layout");
         copy.insert("c".into(), flag(json!(1)));
-        assert_ne!(copy.layout().id(), id);
+        assert_ne!(copy.layout().id, id);
         for m in [&map, &copy] {
             assert_eq!(
                 m.layout_id(),
-                m.layout().id(),
+                m.layout().id,
                 "the copied id follows the layout"
             );
         }
-        assert_eq!(map.layout().id(), id);
+        assert_eq!(map.layout().id, id);
         assert!(map.get("c").is_none());
     }
 
@@ -538,10 +530,10 @@ mod tests {
         };
         let a = build(&["x", "y"], 1);
         let mut b = build(&["x", "y"], 2);
-        assert_ne!(a.layout().id(), b.layout().id());
+        assert_ne!(a.layout().id, b.layout().id);
         assert!(b.share_layout(&a));
-        assert_eq!(a.layout().id(), b.layout().id());
-        assert_eq!(b.layout_id(), a.layout().id());
+        assert_eq!(a.layout().id, b.layout().id);
+        assert_eq!(b.layout_id(), a.layout().id);
         assert_eq!(b.get("y").unwrap().value, json!(2));
         assert_ne!(a, b);
 
