@@ -25,6 +25,9 @@ fn publish(c: &mut Criterion) {
     group.bench_function("serde_json_from_slice", |b| {
         b.iter(|| serde_json::from_slice::<Value>(black_box(&body)).unwrap())
     });
+    group.bench_function("flagpole_parse", |b| {
+        b.iter(|| hooks::parse_only(black_box(&body)).unwrap())
+    });
     group.bench_function("flagpole_parse_build", |b| {
         b.iter(|| hooks::build_snapshot(black_box(&body)).unwrap())
     });
@@ -32,7 +35,11 @@ fn publish(c: &mut Criterion) {
     group.bench_function("flagpole_parse_build_publish", |b| {
         b.iter(|| {
             version += 1;
-            let body = if version.is_multiple_of(2) { &body } else { &changed };
+            let body = if version.is_multiple_of(2) {
+                &body
+            } else {
+                &changed
+            };
             hooks::publish_body(&flags, black_box(body)).unwrap()
         })
     });
