@@ -64,8 +64,8 @@ impl Flag {
 }
 
 // `FlagMap` (src/table.rs): the map is built once per publish and read millions of times, so
-// names are hashed with foldhash and every flag gets a slot that a `FlagKey` can remember; keys
-// come from the configured flag service, not from end users.
+// names get a short inline hash (foldhash past 32 bytes) and every flag gets a slot that a
+// `FlagKey` can remember; keys come from the configured flag service, not from end users.
 
 /// An immutable, consistent view of every flag at one moment.
 ///
