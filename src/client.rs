@@ -13,6 +13,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::config::{Config, FlagsBuilder};
 use crate::error::Error;
+use crate::key::FlagKey;
 use crate::layers::{Layers, OverrideOp, Shared};
 use crate::poller::{Command, Poller};
 use crate::snapshot::{Snapshot, Source};
@@ -544,5 +545,103 @@ impl Flags {
                 }
             }
         }
+    }
+}
+
+/// Reads for the hottest paths: pre-resolved keys, borrowed strings, one consistent view.
+impl Flags {
+    /// A [`FlagKey`] for `name`, for reads that neither hash nor compare the name (see
+    /// [`get_bool_key`](Self::get_bool_key)). Make it once (at start-up, in a `static` or a
+    /// struct field) and keep it; it stays valid across refreshes.
+    pub fn key(&self, name: &str) -> FlagKey {
+        FlagKey::new(name)
+    }
+
+    /// [`get_bool`](Self::get_bool) through a pre-resolved key: the fastest read.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let flags = flagpole::Flags::builder()
+    ///     .default_flag("checkout-v2", true)
+    ///     .enabled(false)
+    ///     .build()
+    ///     .unwrap();
+    /// let checkout = flags.key("checkout-v2");
+    /// if flags.get_bool_key(&checkout).unwrap_or(false) {
+    ///     // the new checkout
+    /// }
+    /// # }
+    /// ```
+    pub fn get_bool_key(&self, key: &FlagKey) -> Option<bool> {
+        self.with(|s| s.get_bool_key(key))
+    }
+
+    /// [`get_i64`](Self::get_i64) through a pre-resolved key.
+    pub fn get_i64_key(&self, key: &FlagKey) -> Option<i64> {
+        self.with(|s| s.get_i64_key(key))
+    }
+
+    /// [`get_f64`](Self::get_f64) through a pre-resolved key.
+    pub fn get_f64_key(&self, key: &FlagKey) -> Option<f64> {
+        self.with(|s| s.get_f64_key(key))
+    }
+
+    /// [`get_str`](Self::get_str) through a pre-resolved key.
+    pub fn get_str_key(&self, key: &FlagKey) -> Option<Arc<str>> {
+        self.with(|s| s.flag_by_key(key).and_then(|f| f.text.clone()))
+    }
+
+    /// Calls `read` with the flag as a string slice borrowed from the current snapshot (`None`
+    /// when absent or not a string). Unlike [`get_str`](Self::get_str) it touches no reference
+    /// count, so threads reading the same string never contend on it.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let flags = flagpole::Flags::builder()
+    ///     .default_flag("theme", "dark")
+    ///     .enabled(false)
+    ///     .build()
+    ///     .unwrap();
+    /// assert!(flags.with_str("theme", |theme| theme == Some("dark")));
+    /// assert_eq!(flags.with_str("missing", |theme| theme.map(str::len)), None);
+    /// # }
+    /// ```
+    pub fn with_str<R>(&self, name: &str, read: impl FnOnce(Option<&str>) -> R) -> R {
+        self.with(|s| read(s.get_str(name)))
+    }
+
+    /// [`with_str`](Self::with_str) through a pre-resolved key.
+    pub fn with_str_key<R>(&self, key: &FlagKey, read: impl FnOnce(Option<&str>) -> R) -> R {
+        self.with(|s| read(s.get_str_key(key)))
+    }
+
+    /// Calls `read` with the current snapshot: several flags from one consistent view, without
+    /// the reference-count increment of [`snapshot`](Self::snapshot). Keep `read` short: the
+    /// view it borrows stays alive until it returns. To keep a view longer, use
+    /// [`snapshot`](Self::snapshot).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let flags = flagpole::Flags::builder()
+    ///     .default_flag("checkout-v2", true)
+    ///     .default_flag("max-items", 50)
+    ///     .enabled(false)
+    ///     .build()
+    ///     .unwrap();
+    /// let (on, max) = flags.with_snapshot(|s| {
+    ///     (s.get_bool("checkout-v2").unwrap_or(false), s.get_i64("max-items").unwrap_or(10))
+    /// });
+    /// assert_eq!((on, max), (true, 50));
+    /// # }
+    /// ```
+    pub fn with_snapshot<R>(&self, read: impl FnOnce(&Snapshot) -> R) -> R {
+        self.with(read)
+    }
+
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.inner.shared
     }
 }

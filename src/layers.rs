@@ -122,16 +122,30 @@ impl Shared {
     pub(crate) fn update(&self, change: impl FnOnce(&mut Layers)) -> Arc<Snapshot> {
         let mut layers = self.layers.lock().unwrap_or_else(|e| e.into_inner());
         change(&mut layers);
-        let snapshot = Arc::new(layers.snapshot());
+        self.publish(layers.snapshot())
+    }
+
+    /// Publishes to readers and subscribers. A snapshot that serves the same flag names as the
+    /// current one takes over its layout first, so that pre-resolved
+    /// [`FlagKey`](crate::FlagKey)s stay resolved. Outside [`update`](Self::update) only for the
+    /// benchmark hooks, which publish without layers.
+    pub(crate) fn publish(&self, mut snapshot: Snapshot) -> Arc<Snapshot> {
+        snapshot.share_layout(&self.current.load());
+        let snapshot = Arc::new(snapshot);
+        self.store(Arc::clone(&snapshot));
+        snapshot
+    }
+
+    /// Publishes a snapshot as it is.
+    pub(crate) fn store(&self, snapshot: Arc<Snapshot>) {
         self.current.store(Arc::clone(&snapshot));
         // A change that alters nothing visible (a fetch that only renews the timestamp) updates
         // the value without waking anyone.
         self.snapshots.send_if_modified(|current| {
             let changed = !current.same_content(&snapshot);
-            *current = Arc::clone(&snapshot);
+            *current = snapshot;
             changed
         });
-        snapshot
     }
 
     /// Reads the layers without publishing.

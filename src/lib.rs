@@ -123,6 +123,10 @@ mod backoff;
 mod client;
 mod config;
 mod error;
+#[cfg(feature = "test-util")]
+#[doc(hidden)]
+pub mod hooks;
+mod key;
 mod layers;
 #[cfg(feature = "openfeature")]
 mod openfeature;
@@ -133,6 +137,7 @@ mod rollout;
 mod snapshot;
 mod status;
 mod store;
+mod table;
 mod transport;
 
 pub use client::Flags;
@@ -142,6 +147,7 @@ pub use config::{
     DEFAULT_TIMEOUT, USER_AGENT,
 };
 pub use error::{Error, UnknownValue};
+pub use key::FlagKey;
 #[cfg(feature = "openfeature")]
 pub use openfeature::{FlagpoleProvider, ProviderEvent, ProviderEvents, DEFAULT_INIT_TIMEOUT};
 pub use snapshot::{Snapshot, Source};

@@ -1,5 +1,8 @@
 //! Raw response body to a flag map. Pure: bytes in, flags or an error out.
 
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
 use crate::error::Error;
@@ -21,41 +24,142 @@ pub(crate) fn parse(body: &[u8]) -> Result<RawFlags, Error> {
             e.valid_up_to()
         )));
     }
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| Error::parse(format!("not valid JSON: {e}")))?;
-    match value {
-        Value::Object(map) => Ok(map),
-        Value::Array(items) => {
-            let mut flags = Map::new();
-            for (index, item) in items.into_iter().enumerate() {
-                match item {
-                    Value::Object(entry) => flags.extend(entry),
-                    other => {
-                        return Err(Error::parse(format!(
-                            "item {index} of the array is {}, expected an object",
-                            kind(&other)
-                        )))
-                    }
-                }
-            }
-            Ok(flags)
-        }
-        other => Err(Error::parse(format!(
-            "the body is {}, expected an array of objects or an object",
-            kind(&other)
-        ))),
+    // One pass straight into the flat map: no `Value` for the whole body and no map per array
+    // item, which is most of the allocation (and so most of the time) of a large body.
+    let mut flags = Map::new();
+    let mut shape = None;
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let parsed = Body {
+        flags: &mut flags,
+        shape: &mut shape,
+    }
+    .deserialize(&mut deserializer)
+    .and_then(|()| deserializer.end());
+    // Invalid JSON anywhere wins over a wrong shape, as when the body was parsed whole first.
+    if let Err(e) = parsed {
+        return Err(Error::parse(format!("not valid JSON: {e}")));
+    }
+    match shape {
+        Some(reason) => Err(Error::parse(reason)),
+        None => Ok(flags),
     }
 }
 
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
+/// The scalar `visit_*` methods of a visitor, each handing the JSON kind to `$body`.
+macro_rules! forward_other_kinds {
+    (|$this:ident, $kind:ident| $body:expr) => {
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            let ($this, $kind) = (self, "null");
+            Ok($body)
+        }
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            let ($this, $kind) = (self, "a boolean");
+            Ok($body)
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            let ($this, $kind) = (self, "a number");
+            Ok($body)
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            let ($this, $kind) = (self, "a number");
+            Ok($body)
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            let ($this, $kind) = (self, "a number");
+            Ok($body)
+        }
+        fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+            let ($this, $kind) = (self, "a string");
+            Ok($body)
+        }
+    };
+}
+
+/// The whole body: an object of flags, or an array of objects to flatten.
+struct Body<'a> {
+    flags: &'a mut RawFlags,
+    /// The first shape error, reported once the body is known to be valid JSON.
+    shape: &'a mut Option<String>,
+}
+
+impl<'de> DeserializeSeed<'de> for Body<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
     }
+}
+
+impl<'de> Visitor<'de> for Body<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an array of objects or an object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+        flatten(self.flags, map)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut index = 0usize;
+        while let Some(kind) = seq.next_element_seed(Item { flags: self.flags })? {
+            if let (Some(kind), None) = (kind, &self.shape) {
+                *self.shape = Some(format!(
+                    "item {index} of the array is {kind}, expected an object"
+                ));
+            }
+            index += 1;
+        }
+        Ok(())
+    }
+
+    forward_other_kinds!(|this, kind| {
+        *this.shape = Some(format!(
+            "the body is {kind}, expected an array of objects or an object"
+        ));
+    });
+}
+
+/// One item of the array: an object is spread into the flags; anything else is consumed and its
+/// kind returned.
+struct Item<'a> {
+    flags: &'a mut RawFlags,
+}
+
+impl<'de> DeserializeSeed<'de> for Item<'_> {
+    type Value = Option<&'static str>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Item<'_> {
+    type Value = Option<&'static str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        flatten(self.flags, map).map(|()| None)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Some("an array"))
+    }
+
+    forward_other_kinds!(|_this, kind| Some(kind));
+}
+
+/// Every entry of `map` into `flags`, a later key replacing an earlier one.
+fn flatten<'de, A: MapAccess<'de>>(flags: &mut RawFlags, mut map: A) -> Result<(), A::Error> {
+    while let Some((name, value)) = map.next_entry::<String, Value>()? {
+        flags.insert(name, value);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -117,6 +221,16 @@ mod tests {
         assert!(err(br#"[{"a": 1}, 2]"#).contains("item 1"));
         assert!(err(br#"["a"]"#).contains("item 0 of the array is a string"));
         assert!(err(br#"[[{"a": 1}]]"#).contains("an array"));
+    }
+
+    #[test]
+    fn invalid_json_wins_over_a_wrong_shape_and_the_first_bad_item_is_named() {
+        assert!(err(br#"[2, {"a": tru"#).contains("not valid JSON"));
+        assert!(err(b"42 x").contains("not valid JSON"));
+        assert!(err(b"[1, 2]").contains("item 0 of the array is a number"));
+        assert!(err(br#"[{"a": [1, {"b": 2}]}, [3], null]"#)
+            .contains("item 1 of the array is an array"));
+        assert!(err(br#"[{}, null]"#).contains("item 1 of the array is null"));
     }
 
     #[test]

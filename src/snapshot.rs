@@ -1,13 +1,16 @@
 //! The immutable flag set that readers see.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
+use crate::key::FlagKey;
 use crate::layers::RemoteLayer;
+pub(crate) use crate::table::FlagMap;
+use crate::table::Scalar;
 
 /// Where the flags of a [`Snapshot`] came from.
 ///
@@ -58,6 +61,8 @@ pub(crate) struct Flag {
     pub(crate) text: Option<Arc<str>>,
     /// Which layer the value comes from.
     pub(crate) origin: Origin,
+    /// The boolean or number reading, worked out once at publish time.
+    pub(crate) scalar: Scalar,
 }
 
 /// The layer a served value comes from.
@@ -69,19 +74,21 @@ pub(crate) enum Origin {
 }
 
 impl Flag {
-    fn new(value: Value, origin: Origin) -> Self {
+    pub(crate) fn new(value: Value, origin: Origin) -> Self {
         let text = value.as_str().map(Arc::from);
+        let scalar = Scalar::of(&value);
         Flag {
             value,
             text,
             origin,
+            scalar,
         }
     }
 }
 
-// foldhash: the map is built once per publish and read millions of times, so a fast hasher is
-// the right trade; keys come from the configured flag service, not from end users.
-pub(crate) type FlagMap = HashMap<Box<str>, Flag, foldhash::fast::RandomState>;
+// `FlagMap` (src/table.rs): the map is built once per publish and read millions of times, so
+// names get a short inline hash (foldhash past 32 bytes) and every flag gets a slot that a
+// `FlagKey` can remember; keys come from the configured flag service, not from end users.
 
 /// An immutable, consistent view of every flag at one moment.
 ///
@@ -148,19 +155,22 @@ impl Snapshot {
             + remote.map_or(0, |r| r.processed.flags.len())
             + overrides.iter().map(|o| o.len()).sum::<usize>();
         let mut flags = FlagMap::with_capacity_and_hasher(size, Default::default());
+        let hidden: HashSet<&str> = remote
+            .iter()
+            .flat_map(|r| &r.processed.flags)
+            .filter(|(_, value)| value.is_none())
+            .map(|(name, _)| name.as_str())
+            .collect();
         for (name, value) in defaults {
-            let flag = Flag::new(value.clone(), Origin::Default);
-            flags.insert(name.as_str().into(), flag);
+            if !hidden.contains(name.as_str()) {
+                let flag = Flag::new(value.clone(), Origin::Default);
+                flags.insert(name.as_str().into(), flag);
+            }
         }
-        if let Some(remote) = remote {
-            for (name, value) in &remote.processed.flags {
-                match value {
-                    Some(value) => flags.insert(
-                        name.as_str().into(),
-                        Flag::new(value.clone(), Origin::Remote),
-                    ),
-                    None => flags.remove(name.as_str()),
-                };
+        for (name, value) in remote.iter().flat_map(|r| &r.processed.flags) {
+            if let Some(value) = value {
+                let flag = Flag::new(value.clone(), Origin::Remote);
+                flags.insert(name.as_str().into(), flag);
             }
         }
         for (name, value) in overrides.into_iter().flatten() {
@@ -199,17 +209,17 @@ impl Snapshot {
 
     /// The flag as a boolean; `None` when absent or not a boolean.
     pub fn get_bool(&self, name: &str) -> Option<bool> {
-        self.get(name)?.as_bool()
+        self.flag(name)?.scalar.as_bool()
     }
 
     /// The flag as an integer; `None` when absent, not a number, fractional or out of range.
     pub fn get_i64(&self, name: &str) -> Option<i64> {
-        self.get(name)?.as_i64()
+        self.flag(name)?.scalar.as_i64()
     }
 
     /// The flag as a float (integers convert); `None` when absent or not a number.
     pub fn get_f64(&self, name: &str) -> Option<f64> {
-        self.get(name)?.as_f64()
+        self.flag(name)?.scalar.as_f64()
     }
 
     /// The flag as a string slice, borrowed from the snapshot; `None` when absent or not a string.
@@ -305,6 +315,42 @@ impl Snapshot {
     /// Every flag's rollout group, sorted by flag name.
     pub fn threshold_groups(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
         self.groups.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    pub(crate) fn flag_by_key(&self, key: &FlagKey) -> Option<&Flag> {
+        key.find(&self.flags)
+    }
+
+    /// The flag's JSON value, through a pre-resolved [`FlagKey`].
+    pub fn get_key(&self, key: &FlagKey) -> Option<&Value> {
+        self.flag_by_key(key).map(|f| &f.value)
+    }
+
+    /// [`get_bool`](Self::get_bool) through a pre-resolved [`FlagKey`]: no hashing once the key
+    /// knows this flag set.
+    pub fn get_bool_key(&self, key: &FlagKey) -> Option<bool> {
+        self.flag_by_key(key)?.scalar.as_bool()
+    }
+
+    /// [`get_i64`](Self::get_i64) through a pre-resolved [`FlagKey`].
+    pub fn get_i64_key(&self, key: &FlagKey) -> Option<i64> {
+        self.flag_by_key(key)?.scalar.as_i64()
+    }
+
+    /// [`get_f64`](Self::get_f64) through a pre-resolved [`FlagKey`].
+    pub fn get_f64_key(&self, key: &FlagKey) -> Option<f64> {
+        self.flag_by_key(key)?.scalar.as_f64()
+    }
+
+    /// [`get_str`](Self::get_str) through a pre-resolved [`FlagKey`].
+    pub fn get_str_key(&self, key: &FlagKey) -> Option<&str> {
+        self.flag_by_key(key)?.value.as_str()
+    }
+
+    /// Takes over `previous`'s flag layout when both serve the same names in the same order, so
+    /// that keys resolved against `previous` stay resolved. Called just before publishing.
+    pub(crate) fn share_layout(&mut self, previous: &Snapshot) -> bool {
+        self.flags.share_layout(&previous.flags)
     }
 
     /// All flags as one JSON object, keys sorted.

@@ -75,6 +75,35 @@ fn scalar_reads_do_not_allocate() {
     assert_eq!(sink, 10_000 * (1 + 42 + 2 + 4 + 1 + 1 + 1));
     assert_eq!(count, 0, "scalar reads allocated {count} times");
 
+    // Pre-resolved keys, borrowed strings and one-view reads: made outside the count (a key
+    // copies its name once), read inside it, the first read included (it resolves the key).
+    let keys = [
+        flags.key("on"),
+        flags.key("n"),
+        flags.key("x"),
+        flags.key("s"),
+        flags.key("missing"),
+    ];
+    let [on, n, x, s, missing] = &keys;
+    let mut sink = 0usize;
+    let count = allocations_during(|| {
+        for _ in 0..10_000 {
+            sink += usize::from(flags.get_bool_key(on).unwrap());
+            sink += flags.get_i64_key(n).unwrap() as usize;
+            sink += flags.get_f64_key(x).unwrap() as usize;
+            sink += flags.get_str_key(s).unwrap().len();
+            sink += flags.with_str_key(s, |s| s.unwrap().len());
+            sink += flags.with_str("s", |s| s.unwrap().len());
+            sink += usize::from(flags.get_bool_key(missing).is_none());
+            sink += usize::from(flags.get_i64_key(s).is_none());
+            sink += flags.with_snapshot(|view| {
+                usize::from(view.get_bool_key(on).unwrap()) + view.get_i64("n").unwrap() as usize
+            });
+        }
+    });
+    assert_eq!(sink, 10_000 * (1 + 42 + 2 + 4 + 4 + 4 + 1 + 1 + 43));
+    assert_eq!(count, 0, "key and borrowed reads allocated {count} times");
+
     // The counter itself works: a JSON read clones, and that is counted.
     let count = allocations_during(|| {
         let value = flags.get("o").unwrap();

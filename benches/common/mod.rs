@@ -1,0 +1,57 @@
+//! Flag sets shared by the benches: names and values shaped like a real Client Config answer.
+
+#![allow(dead_code)] // each bench uses a part
+
+use std::collections::HashMap;
+
+use flagpole::{Flags, ScriptedResponse, ScriptedTransport};
+use serde_json::{json, Value};
+
+/// The name of flag `i`: long, with a common prefix, as real flag names tend to be.
+pub fn name(i: usize) -> String {
+    format!("feature-flag-number-{i:03}")
+}
+
+/// Flag `i`'s value: booleans, integers, strings, objects and a rollout list, in turn.
+pub fn value(i: usize, version: usize) -> Value {
+    match i % 5 {
+        0 => json!((i + version).is_multiple_of(3)),
+        1 => json!(i * 10 + version),
+        2 => json!(format!("variant-{i}-{version}")),
+        3 => json!({"value": i, "enabled": true, "minimumVersion": "12.3.0"}),
+        _ => json!([
+            {"name": "control", "scope": {"type": "threshold", "value": 0.5}, "value": false},
+            {"name": "treatment", "scope": {"type": "threshold", "value": 1.0}, "value": true},
+        ]),
+    }
+}
+
+/// A body in the wire format (an array of single-key objects) of `count` flags.
+pub fn body(count: usize, version: usize) -> Vec<u8> {
+    let items: Vec<Value> = (0..count)
+        .map(|i| json!({ name(i): value(i, version) }))
+        .collect();
+    serde_json::to_vec(&items).unwrap()
+}
+
+/// The same flags as a raw `HashMap<String, Value>`: the baseline every read is compared with.
+pub fn raw(count: usize) -> HashMap<String, Value> {
+    (0..count).map(|i| (name(i), value(i, 0))).collect()
+}
+
+/// A handle serving `count` flags, fetched through the public API (a scripted transport and one
+/// refresh), as a service would hold it.
+pub fn flags(count: usize) -> Flags {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let transport = ScriptedTransport::new();
+        let body: Value = serde_json::from_slice(&body(count, 0)).unwrap();
+        transport.push(ScriptedResponse::json(&body));
+        let flags = Flags::builder().transport(transport).build().unwrap();
+        flags.refresh().await.unwrap();
+        flags
+    })
+}
