@@ -428,3 +428,22 @@ async fn an_override_made_as_a_fetch_ends_is_saved() {
         flags.shutdown().await;
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn keys_follow_override_changes() {
+    let transport = transport();
+    let flags = identified(&transport).build().unwrap();
+    ready(&flags).await;
+    let key = flags.key("plain");
+    assert_eq!(flags.get_bool_key(&key), Some(true));
+    flags.set_override("plain", false).await.unwrap();
+    assert_eq!(flags.get_bool_key(&key), Some(false));
+    let new = flags.key("brand-new");
+    assert_eq!(flags.get_i64_key(&new), None);
+    flags.set_override("brand-new", 5).await.unwrap();
+    assert_eq!(flags.get_i64_key(&new), Some(5), "a new name re-resolves the key");
+    flags.clear_overrides().await.unwrap();
+    assert_eq!(flags.get_bool_key(&key), Some(true));
+    assert_eq!(flags.get_i64_key(&new), None);
+    flags.shutdown().await;
+}
