@@ -52,6 +52,14 @@ fn identified(transport: &ScriptedTransport) -> FlagsBuilder {
         .default_flag("only-default", 7)
 }
 
+/// Fetches with the usual identity into `store` and stops.
+async fn seed(store: &MemoryStore) {
+    let transport = transport();
+    let first = identified(&transport).store(store.clone()).build().unwrap();
+    ready(&first).await;
+    first.shutdown().await;
+}
+
 /// Remote flags served and saved: "fresh" is reported only after the save.
 async fn ready(flags: &Flags) {
     assert!(flags.wait_until_ready(WAIT).await, "remote flags arrive");
@@ -114,10 +122,7 @@ async fn explicit_targeting_by_metrics_id_beats_the_rollout() {
 #[tokio::test(start_paused = true)]
 async fn the_persisted_raw_flags_are_processed_again_at_start() {
     let store = MemoryStore::new();
-    let transport = transport();
-    let first = identified(&transport).store(store.clone()).build().unwrap();
-    ready(&first).await;
-    first.shutdown().await;
+    seed(&store).await;
     let record = store.get().expect("saved");
     // The store keeps what the server sent, not what this client was served.
     assert_eq!(record.flags["gated"]["versions"]["14.0.0"], json!("future"));
@@ -137,10 +142,7 @@ async fn the_persisted_raw_flags_are_processed_again_at_start() {
 #[tokio::test(start_paused = true)]
 async fn another_version_or_id_does_not_use_the_cache() {
     let store = MemoryStore::new();
-    let transport = transport();
-    let first = identified(&transport).store(store.clone()).build().unwrap();
-    ready(&first).await;
-    first.shutdown().await;
+    seed(&store).await;
     type Change = fn(FlagsBuilder) -> FlagsBuilder;
     let changes: [(&str, Change); 4] = [
         ("client version", |b| b.client_version("13.6.0")),
@@ -159,10 +161,7 @@ async fn another_version_or_id_does_not_use_the_cache() {
         assert_eq!(fresh.request_count(), 1, "{what}: the cache was not used");
         flags.shutdown().await;
         // Put the first handle's record back for the next case.
-        let restore = identified(&transport).store(store.clone()).build().unwrap();
-        ready(&restore).await;
-        restore.refresh().await.unwrap();
-        restore.shutdown().await;
+        seed(&store).await;
     }
 }
 
@@ -441,7 +440,11 @@ async fn keys_follow_override_changes() {
     let new = flags.key("brand-new");
     assert_eq!(flags.get_i64_key(&new), None);
     flags.set_override("brand-new", 5).await.unwrap();
-    assert_eq!(flags.get_i64_key(&new), Some(5), "a new name re-resolves the key");
+    assert_eq!(
+        flags.get_i64_key(&new),
+        Some(5),
+        "a new name re-resolves the key"
+    );
     flags.clear_overrides().await.unwrap();
     assert_eq!(flags.get_bool_key(&key), Some(true));
     assert_eq!(flags.get_i64_key(&new), None);

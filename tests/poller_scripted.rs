@@ -7,12 +7,15 @@
 //! `spawn_blocking` store call runs), so the instants are exact, not subject to scheduling luck.
 
 use std::future::Future;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+mod support;
+use support::Recorder;
+
 use flagpole::{
-    BoxFuture, CacheRecord, CancellationToken, Environment, Error, Flags, FlagsBuilder,
-    MemoryStore, Request, Response, ScriptedResponse, ScriptedTransport, Source, Status, Transport,
+    CacheRecord, CancellationToken, Environment, Error, Flags, FlagsBuilder, MemoryStore,
+    ScriptedResponse, ScriptedTransport, Source, Status,
 };
 use serde_json::{json, Value};
 use tokio::time::{sleep, Instant};
@@ -90,84 +93,6 @@ fn is_stale(s: &Status) -> bool {
 
 fn is_fresh(s: &Status) -> bool {
     matches!(s, Status::Fresh)
-}
-
-#[derive(Default)]
-struct Log {
-    sent: Vec<Instant>,
-    completed: usize,
-    abandoned: usize,
-}
-
-/// A `ScriptedTransport` wrapper that records when each request was sent (tokio time) and
-/// whether its future completed or was dropped before completing.
-#[derive(Clone)]
-struct Recorder {
-    inner: ScriptedTransport,
-    log: Arc<Mutex<Log>>,
-}
-
-impl Recorder {
-    fn new(inner: &ScriptedTransport) -> Self {
-        Recorder {
-            inner: inner.clone(),
-            log: Arc::default(),
-        }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Log> {
-        self.log.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn times(&self) -> Vec<Instant> {
-        self.lock().sent.clone()
-    }
-
-    fn count(&self) -> usize {
-        self.lock().sent.len()
-    }
-
-    fn abandoned(&self) -> usize {
-        self.lock().abandoned
-    }
-
-    fn completed(&self) -> usize {
-        self.lock().completed
-    }
-}
-
-struct Probe {
-    log: Arc<Mutex<Log>>,
-    done: bool,
-}
-
-impl Drop for Probe {
-    fn drop(&mut self) {
-        let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
-        if self.done {
-            log.completed += 1;
-        } else {
-            log.abandoned += 1;
-        }
-    }
-}
-
-impl Transport for Recorder {
-    fn send(&self, request: Request) -> BoxFuture<'static, Result<Response, Error>> {
-        self.lock().sent.push(Instant::now());
-        let send = self.inner.send(request);
-        let probe = Probe {
-            log: Arc::clone(&self.log),
-            done: false,
-        };
-        Box::pin(async move {
-            // Move the whole probe in (not just its field) so that dropping the future drops it.
-            let mut probe = probe;
-            let result = send.await;
-            probe.done = true;
-            result
-        })
-    }
 }
 
 /// Runs a first handle configured by `configure` against `body`, waits until it has saved its
