@@ -22,7 +22,7 @@ use crate::Flags;
 /// A snapshot of the flags in `body` (the wire format), as a 200 answer would give, processed
 /// for no particular identity, with no defaults or overrides.
 pub fn build_snapshot(body: &[u8]) -> Result<Snapshot, Error> {
-    let flags = parse(body)?;
+    let flags = Arc::new(parse(body)?);
     let layer = RemoteLayer {
         processed: Arc::new(rollout::process(&flags, &Default::default())),
         source: Source::Network,

@@ -243,9 +243,10 @@ impl Poller {
         cache_timestamp: u64,
         etag: Option<String>,
     ) -> RemoteState {
+        let flags = Arc::new(flags);
         let processed = rollout::process(&flags, &self.config.identity);
         RemoteState {
-            flags: Arc::new(flags),
+            flags,
             processed: Arc::new(processed),
             source,
             cache_timestamp,

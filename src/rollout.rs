@@ -3,7 +3,8 @@
 //! controller"). It runs when a snapshot is built from new remote flags, never on a read.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
@@ -19,42 +20,94 @@ pub(crate) struct Identity {
     pub(crate) client_version: Option<(String, semver::Version)>,
 }
 
-/// The remote flags as this client serves them.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// The remote flags as this client serves them: the raw flags, shared, plus the few that
+/// processing changed, so that building a snapshot copies each value once.
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Processed {
-    /// `None`: the flag is not served, and its default does not show through either (a selected
-    /// rollout group without a `value`).
-    pub(crate) flags: Vec<(String, Option<Value>)>,
+    raw: Arc<Map<String, Value>>,
+    changes: HashMap<String, Change, foldhash::fast::RandomState>,
     /// The rollout group each flag's selected entry is named after.
     pub(crate) groups: BTreeMap<String, String>,
 }
 
+#[derive(Debug, Clone)]
+enum Change {
+    /// A version entry or rollout group was selected.
+    Replaced(Value),
+    /// Not served: `null`, or no version qualifies (a default of the same name shows).
+    Dropped,
+    /// Not served, and its default hidden too: a selected group without a `value`.
+    Hidden,
+}
+
+impl Processed {
+    /// How many flags the server sent (an upper bound on those served).
+    pub(crate) fn len(&self) -> usize {
+        self.raw.len()
+    }
+
+    /// The flags that hide their default.
+    pub(crate) fn hidden(&self) -> impl Iterator<Item = &str> + '_ {
+        self.changes
+            .iter()
+            .filter(|(_, change)| matches!(change, Change::Hidden))
+            .map(|(name, _)| name.as_str())
+    }
+
+    /// Every flag served, in name order: `Some(value)`, or `None` for a flag that hides its
+    /// default.
+    pub(crate) fn served(&self) -> impl Iterator<Item = (&str, Option<&Value>)> + '_ {
+        // Most flag sets have no processed flag at all: skip the lookups then.
+        let changed = |name: &String| match self.changes.is_empty() {
+            true => None,
+            false => self.changes.get(name),
+        };
+        self.raw
+            .iter()
+            .filter_map(move |(name, raw)| match changed(name) {
+                None => Some((name.as_str(), Some(raw))),
+                Some(Change::Replaced(value)) => Some((name.as_str(), Some(value))),
+                Some(Change::Dropped) => None,
+                Some(Change::Hidden) => Some((name.as_str(), None)),
+            })
+    }
+}
+
 /// Applies versions, then explicit targeting and threshold rollouts, to every flag.
-pub(crate) fn process(raw: &Map<String, Value>, identity: &Identity) -> Processed {
+pub(crate) fn process(raw: &Arc<Map<String, Value>>, identity: &Identity) -> Processed {
     let mut out = Processed {
-        flags: Vec::with_capacity(raw.len()),
-        groups: BTreeMap::new(),
+        raw: Arc::clone(raw),
+        ..Processed::default()
     };
-    for (name, value) in raw {
-        let value = match resolve_version(value, identity) {
-            Versioned::Unchanged => value,
-            Versioned::Selected(value) => value,
-            Versioned::Dropped => continue,
+    for (name, sent) in raw.iter() {
+        let (value, versioned) = match resolve_version(sent, identity) {
+            Versioned::Unchanged => (sent, false),
+            Versioned::Selected(value) => (value, true),
+            Versioned::Dropped => {
+                out.changes.insert(name.clone(), Change::Dropped);
+                continue;
+            }
         };
         if value.is_null() {
+            out.changes.insert(name.clone(), Change::Dropped);
             continue;
         }
-        match select_group(name, value, identity) {
+        let change = match select_group(name, value, identity) {
             Some(entry) => {
                 if let Some(group) = entry.get("name").and_then(Value::as_str) {
                     if !group.is_empty() {
                         out.groups.insert(name.clone(), group.to_owned());
                     }
                 }
-                out.flags.push((name.clone(), entry.get("value").cloned()));
+                match entry.get("value") {
+                    Some(value) => Change::Replaced(value.clone()),
+                    None => Change::Hidden,
+                }
             }
-            None => out.flags.push((name.clone(), Some(value.clone()))),
-        }
+            None if versioned => Change::Replaced(value.clone()),
+            None => continue,
+        };
+        out.changes.insert(name.clone(), change);
     }
     out
 }

@@ -152,25 +152,20 @@ impl Snapshot {
         overrides: [&Map<String, Value>; 2],
     ) -> Self {
         let size = defaults.len()
-            + remote.map_or(0, |r| r.processed.flags.len())
+            + remote.map_or(0, |r| r.processed.len())
             + overrides.iter().map(|o| o.len()).sum::<usize>();
         let mut flags = FlagMap::with_capacity_and_hasher(size, Default::default());
-        let hidden: HashSet<&str> = remote
-            .iter()
-            .flat_map(|r| &r.processed.flags)
-            .filter(|(_, value)| value.is_none())
-            .map(|(name, _)| name.as_str())
-            .collect();
+        let hidden: HashSet<&str> = remote.iter().flat_map(|r| r.processed.hidden()).collect();
         for (name, value) in defaults {
             if !hidden.contains(name.as_str()) {
                 let flag = Flag::new(value.clone(), Origin::Default);
                 flags.insert(name.as_str().into(), flag);
             }
         }
-        for (name, value) in remote.iter().flat_map(|r| &r.processed.flags) {
+        for (name, value) in remote.iter().flat_map(|r| r.processed.served()) {
             if let Some(value) = value {
                 let flag = Flag::new(value.clone(), Origin::Remote);
-                flags.insert(name.as_str().into(), flag);
+                flags.insert(name.into(), flag);
             }
         }
         for (name, value) in overrides.into_iter().flatten() {
@@ -369,7 +364,10 @@ mod tests {
 
     fn remote(flags: &Map<String, Value>) -> RemoteLayer {
         RemoteLayer {
-            processed: Arc::new(crate::rollout::process(flags, &Default::default())),
+            processed: Arc::new(crate::rollout::process(
+                &Arc::new(flags.clone()),
+                &Default::default(),
+            )),
             source: Source::Network,
             cache_timestamp: 42,
             etag: Some("\"e\"".into()),

@@ -24,12 +24,11 @@ fn with_version(version: &str) -> Identity {
 fn one(name: &str, value: Value, identity: &Identity) -> (Option<Option<Value>>, Option<String>) {
     let mut raw = Map::new();
     raw.insert(name.to_owned(), value);
-    let processed = process(&raw, identity);
+    let processed = process(&Arc::new(raw), identity);
     let served = processed
-        .flags
-        .into_iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, v)| v);
+        .served()
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| v.cloned());
     (served, processed.groups.get(name).cloned())
 }
 
