@@ -641,6 +641,7 @@ impl Flags {
         self.with(read)
     }
 
+    #[cfg(feature = "test-util")]
     pub(crate) fn shared(&self) -> &Shared {
         &self.inner.shared
     }
