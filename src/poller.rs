@@ -346,7 +346,8 @@ impl Poller {
             source = Empty,
             error = Empty,
         );
-        // Only the poller publishes, so what is served now is what a failure leaves served.
+        // Only the poller changes the remote layer (overrides keep the source), so the source
+        // served now is what a failure leaves served.
         let served = self.shared.current.load().source();
         let fetch = async move {
             let response = match tokio::time::timeout(timeout, send).await {
