@@ -1,6 +1,6 @@
 //! MetaMask's processing of raw remote flags: version-gated values, threshold rollouts and
-//! explicit targeting (the rules are in the crate's README, "Migrating from MetaMask's
-//! controller"). It runs when a snapshot is built from new remote flags, never on a read.
+//! explicit targeting, as the README's "MetaMask processing and local overrides" describes. It
+//! runs once for each new set of remote flags, before a snapshot is built, never on a read.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap, HashSet};
