@@ -60,6 +60,13 @@ async fn seed(store: &MemoryStore) {
     first.shutdown().await;
 }
 
+/// A handle with the usual identity, its flags fetched and saved.
+async fn started() -> Flags {
+    let flags = identified(&transport()).build().unwrap();
+    ready(&flags).await;
+    flags
+}
+
 /// Remote flags served and saved: "fresh" is reported only after the save.
 async fn ready(flags: &Flags) {
     assert!(flags.wait_until_ready(WAIT).await, "remote flags arrive");
@@ -69,9 +76,7 @@ async fn ready(flags: &Flags) {
 
 #[tokio::test(start_paused = true)]
 async fn a_fetch_is_processed_for_this_client_before_it_is_served() {
-    let transport = transport();
-    let flags = identified(&transport).build().unwrap();
-    ready(&flags).await;
+    let flags = started().await;
     let s = flags.snapshot();
     assert_eq!(s.get_bool("plain"), Some(true));
     assert_eq!(s.get_str("gated"), Some("new"), "13.2.0 <= 13.5.0 < 14.0.0");
@@ -220,9 +225,7 @@ async fn layers_are_defaults_then_remote_then_overrides() {
 
 #[tokio::test(start_paused = true)]
 async fn an_override_change_wakes_subscribers_once() {
-    let transport = transport();
-    let flags = identified(&transport).build().unwrap();
-    ready(&flags).await;
+    let flags = started().await;
     let mut rx = flags.subscribe();
     rx.borrow_and_update();
     flags.set_override("plain", false).await.unwrap();
@@ -430,9 +433,7 @@ async fn an_override_made_as_a_fetch_ends_is_saved() {
 
 #[tokio::test(start_paused = true)]
 async fn keys_follow_override_changes() {
-    let transport = transport();
-    let flags = identified(&transport).build().unwrap();
-    ready(&flags).await;
+    let flags = started().await;
     let key = flags.key("plain");
     assert_eq!(flags.get_bool_key(&key), Some(true));
     flags.set_override("plain", false).await.unwrap();
