@@ -7,10 +7,9 @@
 
 mod support;
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flagpole::{
@@ -24,7 +23,7 @@ use wiremock::matchers::{
 };
 use wiremock::{Mock, MockBuilder, MockServer, ResponseTemplate};
 
-use support::{closed_port_base, requests};
+use support::{closed_port_base, requests, LogBuffer};
 
 const HOUR: Duration = Duration::from_secs(3600);
 const WAIT: Duration = Duration::from_secs(10);
@@ -807,41 +806,13 @@ async fn cache_saved_for_other_parameters_is_not_used() {
 // 9. The profile id is never logged
 // ---------------------------------------------------------------------------------------------
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-    type Writer = Captured;
-
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
 // current_thread: `set_default` is thread-local, and the poller must run on this thread.
 #[tokio::test(flavor = "current_thread")]
 async fn profile_id_is_never_logged_nor_in_errors_nor_in_the_cache_file() {
     const SECRET: &str = "secret-profile-42";
     // The metrics id is never even sent.
     const METRICS: &str = "secret-metrics-7";
-    let logs = Captured::default();
+    let logs = LogBuffer::default();
     let subscriber = tracing_subscriber::fmt()
         .with_writer(logs.clone())
         .with_max_level(tracing::Level::TRACE)

@@ -3,46 +3,16 @@
 
 mod support;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flagpole::{Error, Flags};
 use serde_json::json;
-use support::{closed_port_base, requests};
+use support::{closed_port_base, requests, LogBuffer};
 use tracing_subscriber::fmt::format::FmtSpan;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 const SECRET: &str = "secret-profile-7731";
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Captured {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-    type Writer = Captured;
-
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
 
 async fn serve(server: &MockServer, response: ResponseTemplate) {
     server.reset().await;
@@ -63,7 +33,7 @@ fn closed_fetch_spans(logs: &str) -> Vec<&str> {
 // current_thread: `set_default` is thread-local, and the poller must run on this thread.
 #[tokio::test(flavor = "current_thread")]
 async fn fetch_span_and_backoff_fields_are_stable_and_the_profile_id_never_appears() {
-    let logs = Captured::default();
+    let logs = LogBuffer::default();
     let subscriber = tracing_subscriber::fmt()
         .with_writer(logs.clone())
         .with_max_level(tracing::Level::TRACE)
