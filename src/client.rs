@@ -415,7 +415,48 @@ impl Flags {
             .shared
             .update(|layers| layers.change_override(op));
         let (reply, saved) = oneshot::channel();
-        let sent = self.inner.commands.send(Command::SaveOverrides(reply));
+        let sent = self.inner.commands.send(Command::Save(reply));
+        async move {
+            sent.map_err(|_| Error::Stopped)?;
+            saved.await.unwrap_or(Err(Error::Stopped))
+        }
+    }
+
+    /// Waits until the store holds the flags and overrides served now: a save of the state held
+    /// when this is called, whether or not a save was due (a store that is not configured
+    /// answers at once).
+    ///
+    /// Saves run beside the poller and never delay reads, refreshes or
+    /// [`shutdown`](Self::shutdown); a refresh answers before its save ends. Await this before a
+    /// process exits to be sure the next start finds what this one fetched.
+    ///
+    /// # Errors
+    /// The store's error; the load error while the store could not be read (nothing is written
+    /// over a record that was not read); [`Error::Stopped`] when the poller has stopped.
+    ///
+    /// # Cancellation safety
+    /// Dropping the future does not stop the save.
+    ///
+    /// ```
+    /// # use flagpole::{BoxFuture, Error, Request, Response, Transport};
+    /// # struct Api; // a stand-in for the flag service
+    /// # impl Transport for Api {
+    /// #     fn send(&self, _: Request) -> BoxFuture<'static, Result<Response, Error>> {
+    /// #         Box::pin(async { Ok(Response::new(200, Default::default(), br#"{"beta":true}"#.to_vec())) })
+    /// #     }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), flagpole::Error> {
+    /// let store = flagpole::MemoryStore::new();
+    /// let flags = flagpole::Flags::builder().transport(Api).store(store.clone()).build()?;
+    /// flags.refresh().await?;
+    /// flags.flush().await?;
+    /// assert_eq!(store.get().expect("saved").flags["beta"], true);
+    /// # Ok(()) }
+    /// ```
+    pub fn flush(&self) -> impl Future<Output = Result<(), Error>> + Send + 'static {
+        let (reply, saved) = oneshot::channel();
+        let sent = self.inner.commands.send(Command::Save(reply));
         async move {
             sent.map_err(|_| Error::Stopped)?;
             saved.await.unwrap_or(Err(Error::Stopped))

@@ -11,6 +11,7 @@ use reqwest::Url;
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::WallClock;
 use crate::error::{Error, UnknownValue};
 use crate::rollout::{self, Identity};
 use crate::store::Store;
@@ -177,6 +178,7 @@ pub(crate) struct Config {
     pub(crate) user_agent: HeaderValue,
     pub(crate) headers: HeaderMap,
     pub(crate) header_hook: Option<HeaderHook>,
+    pub(crate) wall_clock: WallClock,
 }
 
 impl Config {
@@ -273,6 +275,7 @@ pub struct FlagsBuilder {
     user_agent: Option<String>,
     headers: Vec<(String, String)>,
     header_hook: Option<HeaderHook>,
+    wall_clock: WallClock,
 }
 
 impl fmt::Debug for FlagsBuilder {
@@ -326,6 +329,7 @@ impl Default for FlagsBuilder {
             user_agent: None,
             headers: Vec::new(),
             header_hook: None,
+            wall_clock: WallClock::default(),
         }
     }
 }
@@ -541,6 +545,35 @@ impl FlagsBuilder {
         self
     }
 
+    /// Replaces the wall clock (feature `test-util`), to test what happens when the machine
+    /// sleeps: tokio's timers stop during a suspend, the wall clock does not. The poller reads it
+    /// for cache timestamps, the age of cached flags and `Retry-After` dates.
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use std::time::{Duration, SystemTime};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), flagpole::Error> {
+    /// let now = Arc::new(Mutex::new(SystemTime::now()));
+    /// let clock = Arc::clone(&now);
+    /// let flags = flagpole::Flags::builder()
+    ///     .wall_clock(move || *clock.lock().unwrap())
+    ///     .enabled(false)
+    ///     .build()?;
+    /// *now.lock().unwrap() += Duration::from_secs(8 * 60 * 60); // a night in a laptop bag
+    /// # let _ = flags;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "test-util")]
+    pub fn wall_clock(
+        mut self,
+        now: impl Fn() -> std::time::SystemTime + Send + Sync + 'static,
+    ) -> Self {
+        self.wall_clock = WallClock::custom(now);
+        self
+    }
+
     /// Replaces HTTP altogether, e.g. with a
     #[cfg_attr(
         feature = "test-util",
@@ -665,6 +698,7 @@ impl FlagsBuilder {
             user_agent,
             headers,
             header_hook: self.header_hook.clone(),
+            wall_clock: self.wall_clock.clone(),
         })
     }
 }

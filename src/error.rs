@@ -1,7 +1,8 @@
 //! The crate's one error type.
 
+use std::any::Any;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// A boxed, shareable error source: errors are cloned to every waiting caller and into the status.
 pub(crate) type Source = Arc<dyn std::error::Error + Send + Sync + 'static>;
@@ -82,6 +83,27 @@ pub enum Error {
     /// The poller has stopped (shutdown, cancellation, or every handle dropped).
     #[error("the flag poller has stopped")]
     Stopped,
+    /// The flag service answered 429 or 503 with a `Retry-After` that has not run out:
+    /// [`Flags::refresh`](crate::Flags::refresh) answers this at once instead of waiting (the
+    /// poller's own next fetch waits for `until`).
+    #[error("the flag service asked for no request before {}", httpdate::fmt_http_date(*.until))]
+    RetryAfter {
+        /// When the server's wait ends (wall-clock time).
+        until: SystemTime,
+    },
+    /// Code that flagpole calls on the caller's behalf panicked: a [`Transport`](crate::Transport)
+    /// (its `send` or the future it returns), a header hook, or a [`Store`](crate::Store).
+    ///
+    /// The poller survives: a panicking transport or hook is a failed fetch (retried with backoff
+    /// like any other), a panicking store a failed load or save. The panic itself still goes
+    /// through the process's panic hook (printed on stderr by default).
+    #[error("the {what} panicked: {message}")]
+    Panicked {
+        /// Which callback: `transport`, `header hook` or `store`.
+        what: &'static str,
+        /// The panic message, when it was a string.
+        message: String,
+    },
 }
 
 /// The error and its sources, outermost first: "error sending request: connection refused".
@@ -123,6 +145,18 @@ impl Error {
         Error::Parse {
             reason: reason.into(),
         }
+    }
+
+    /// An [`Error::Panicked`] from a caught panic's payload.
+    pub(crate) fn panicked(what: &'static str, payload: &(dyn Any + Send)) -> Self {
+        let message = if let Some(text) = payload.downcast_ref::<&str>() {
+            (*text).to_owned()
+        } else if let Some(text) = payload.downcast_ref::<String>() {
+            text.clone()
+        } else {
+            "a non-string panic payload".to_owned()
+        };
+        Error::Panicked { what, message }
     }
 
     /// The HTTP status, when the server answered with one that is treated as a failure.

@@ -11,10 +11,10 @@ use std::sync::Arc;
 
 use serde_json::Map;
 
+use crate::clock::WallClock;
 use crate::error::Error;
 use crate::layers::RemoteLayer;
 use crate::parse::parse;
-use crate::poller::now_ms;
 use crate::rollout;
 use crate::snapshot::{Snapshot, Source};
 use crate::Flags;
@@ -26,7 +26,7 @@ pub fn build_snapshot(body: &[u8]) -> Result<Snapshot, Error> {
     let layer = RemoteLayer {
         processed: Arc::new(rollout::process(&flags, &Default::default())),
         source: Source::Network,
-        cache_timestamp: now_ms(),
+        cache_timestamp: WallClock::default().now_ms(),
         etag: None,
     };
     let none = Map::new();

@@ -121,8 +121,10 @@
 
 mod backoff;
 mod client;
+mod clock;
 mod config;
 mod error;
+mod fetch;
 #[cfg(feature = "test-util")]
 #[doc(hidden)]
 pub mod hooks;

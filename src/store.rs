@@ -27,7 +27,7 @@ use crate::error::Error;
 /// let store = flagpole::MemoryStore::new();
 /// let flags = flagpole::Flags::builder().transport(Api).store(store.clone()).build()?;
 /// flags.refresh().await?;
-/// flags.shutdown().await; // a saved record is written before "fresh" is reported
+/// flags.flush().await?; // saves run beside the poller: wait for this one
 /// let record = store.get().expect("saved");
 /// assert_eq!(record.version, flagpole::CacheRecord::VERSION);
 /// assert_eq!(record.flags["beta"], true);

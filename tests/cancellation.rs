@@ -24,7 +24,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, Instant};
 
-use support::{alive_tasks, wait_status, within, RawServer, Recorder, Reply};
+use support::{alive_tasks, wait_status, within, GatedStore, RawServer, Recorder, Reply};
 
 const DAY: Duration = Duration::from_secs(24 * 60 * 60);
 const HOUR: Duration = Duration::from_secs(3600);
@@ -39,71 +39,6 @@ async fn idle() {
     sleep(Duration::from_millis(1)).await;
 }
 
-/// One gate of a [`GatedStore`]: closed, blocking calls wait until it opens.
-#[derive(Default)]
-struct Gate {
-    open: Mutex<bool>,
-    opened: Condvar,
-    entered: Notify,
-    finished: Notify,
-}
-
-impl Gate {
-    fn pass(&self) {
-        self.entered.notify_one();
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        while !*open {
-            open = self.opened.wait(open).unwrap_or_else(|e| e.into_inner());
-        }
-    }
-
-    fn open(&self) {
-        *self.open.lock().unwrap_or_else(|e| e.into_inner()) = true;
-        self.opened.notify_all();
-    }
-}
-
-/// A `MemoryStore` whose loads and saves can be held inside the store (a slow disk).
-#[derive(Clone, Default)]
-struct GatedStore {
-    inner: MemoryStore,
-    load: Arc<Gate>,
-    save: Arc<Gate>,
-}
-
-impl GatedStore {
-    fn open(&self) {
-        self.load.open();
-        self.save.open();
-    }
-}
-
-/// Opens both gates when dropped, so that a failing assertion never leaves a blocking thread
-/// that would hang the runtime's shutdown.
-struct OpenOnDrop(GatedStore);
-
-impl Drop for OpenOnDrop {
-    fn drop(&mut self) {
-        self.0.open();
-    }
-}
-
-impl Store for GatedStore {
-    fn load(&self) -> Result<Option<CacheRecord>, Error> {
-        self.load.pass();
-        let loaded = self.inner.load();
-        self.load.finished.notify_one();
-        loaded
-    }
-
-    fn save(&self, record: &CacheRecord) -> Result<(), Error> {
-        self.save.pass();
-        let saved = self.inner.save(record);
-        self.save.finished.notify_one();
-        saved
-    }
-}
-
 /// Where the poller is when the stop comes.
 #[derive(Debug, Clone, Copy)]
 enum Point {
@@ -115,7 +50,7 @@ enum Point {
     ReadingBody,
     /// Sleeping in backoff after a failure.
     Backoff,
-    /// Waiting out a 429's `Retry-After`, with three `refresh` callers queued behind it.
+    /// Waiting out a 429's `Retry-After` (three `refresh` callers were told so at once).
     RetryAfter,
     /// Blocked in `Store::save` after a successful fetch.
     Saving,
@@ -217,7 +152,14 @@ async fn arrive(point: Point) -> Arrived {
         }
         Point::RetryAfter => {
             wait_status(&flags, "stale", HOUR, Status::is_stale).await;
-            callers = (0..3).map(|_| tokio::spawn(flags.refresh())).collect();
+            // Refreshes are told about the wait at once; none waits it out.
+            for _ in 0..3 {
+                let answer = within("a refresh during Retry-After", PROMPT, flags.refresh()).await;
+                assert!(
+                    matches!(answer, Err(Error::RetryAfter { .. })),
+                    "{answer:?}"
+                );
+            }
             sleep(secs(60)).await;
             assert_eq!(recorder.count(), 1, "waiting out Retry-After");
         }
@@ -263,7 +205,7 @@ async fn stop_at(point: Point, stop: Stop) {
     let what = format!("{stop:?} while {point:?}");
     let baseline = alive_tasks();
     let arrived = arrive(point).await;
-    let _open = OpenOnDrop(arrived.store.clone());
+    let _open = arrived.store.open_on_drop();
     let Arrived {
         flags,
         token,

@@ -2113,9 +2113,10 @@ async fn an_unusable_cache_file_warns_and_the_flags_are_still_served() {
         ])
         .await;
         out.assert_served_flags("network", flags_map());
+        // Nothing is written over a cache that could not be read.
         assert!(
             out.stderr.contains("could not load the flag cache")
-                && out.stderr.contains("could not save the flag cache"),
+                && !out.stderr.contains("could not save the flag cache"),
             "{out:#?}"
         );
     }

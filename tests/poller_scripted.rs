@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 mod support;
-use support::Recorder;
+use support::{GatedStore, Recorder};
 
 use flagpole::{
     CacheRecord, CancellationToken, Environment, Error, Flags, FlagsBuilder, MemoryStore,
@@ -1171,60 +1171,10 @@ async fn saved_record_holds_flags_and_etag_but_not_the_profile_id() {
 // ordering and manual mode
 // ---------------------------------------------------------------------------------------------
 
-/// A store whose saves block until the test opens the gate.
-#[derive(Clone)]
-struct GatedStore {
-    inner: MemoryStore,
-    gate: Arc<(Mutex<bool>, std::sync::Condvar)>,
-}
-
-impl GatedStore {
-    fn new() -> Self {
-        GatedStore {
-            inner: MemoryStore::new(),
-            gate: Arc::default(),
-        }
-    }
-
-    fn open(&self) {
-        *self.gate.0.lock().unwrap_or_else(|e| e.into_inner()) = true;
-        self.gate.1.notify_all();
-    }
-
-    /// Opens the gate when dropped, even when an assertion fails, so that a blocked save
-    /// cannot hang the runtime's shutdown.
-    fn open_on_drop(&self) -> OpenOnDrop {
-        OpenOnDrop(self.clone())
-    }
-}
-
-struct OpenOnDrop(GatedStore);
-
-impl Drop for OpenOnDrop {
-    fn drop(&mut self) {
-        self.0.open();
-    }
-}
-
-impl flagpole::Store for GatedStore {
-    fn load(&self) -> Result<Option<CacheRecord>, Error> {
-        self.inner.load()
-    }
-
-    fn save(&self, record: &CacheRecord) -> Result<(), Error> {
-        let (open, opened) = &*self.gate;
-        let mut guard = open.lock().unwrap();
-        while !*guard {
-            guard = opened.wait(guard).unwrap();
-        }
-        self.inner.save(record)
-    }
-}
-
 /// Regression: `flagpole get` stopped on seeing "fresh" and sometimes lost the cache save.
 #[tokio::test(start_paused = true)]
 async fn fresh_status_comes_only_after_the_save() {
-    let store = GatedStore::new();
+    let store = GatedStore::saves_gated();
     let transport = answering(ok(json!({"a": 1})));
     let flags = Flags::builder()
         .transport(transport)
@@ -1329,44 +1279,42 @@ async fn manual_mode_with_a_fresh_cache_makes_no_request() {
     assert_eq!(flags.get_bool("a"), Some(true));
 }
 
-/// A refresh never overrides the server's `Retry-After`: it is answered by a fetch made when
-/// the wait is over.
+/// A refresh never overrides the server's `Retry-After`, nor waits it out: it is told when the
+/// wait ends, at once, and the poller's own retry comes when the wait is over.
 #[tokio::test(start_paused = true)]
-async fn refresh_waits_out_retry_after() {
+async fn refresh_during_retry_after_answers_at_once() {
     let (flags, recorder, _) =
         stale_after_first_answer(ScriptedResponse::status(429).header("retry-after", "600")).await;
-    let asked = Instant::now();
-    let refreshes: Vec<_> = (0..5).map(|_| tokio::spawn(flags.refresh())).collect();
-    sleep(secs(599)).await;
-    assert_eq!(recorder.count(), 1, "no request while Retry-After runs");
-    for refresh in refreshes {
-        let snapshot = refresh
-            .await
-            .unwrap()
-            .expect("answered by the fetch after the wait");
-        assert_eq!(snapshot.get_i64("a"), Some(1));
+    let asked = SystemTime::now();
+    for _ in 0..5 {
+        let answer = within("a refresh during Retry-After", ms(1), flags.refresh()).await;
+        match answer {
+            Err(Error::RetryAfter { until }) => {
+                let wait = until.duration_since(asked).unwrap_or_default();
+                assert!(wait > secs(590) && wait <= secs(600), "{wait:?}");
+            }
+            other => panic!("expected RetryAfter, got {other:?}"),
+        }
     }
+    sleep(secs(590)).await;
+    assert_eq!(recorder.count(), 1, "no request while Retry-After runs");
+    wait_status(&flags, "the retry after the wait", is_fresh).await;
     let times = recorder.times();
-    assert_eq!(
-        times.len(),
-        2,
-        "five refreshes share the one fetch after the wait"
-    );
+    assert_eq!(times.len(), 2, "the poller's own retry, once");
     assert!(
         times[1] - times[0] >= secs(600),
         "{:?}",
         times[1] - times[0]
     );
-    assert!(times[1] >= asked);
 }
 
-/// Refresh calls sent while a fetch's result is being saved share the next fetch with the
-/// callers queued during that fetch.
+/// A save that blocks delays neither refreshes nor their answers: callers who ask during the
+/// save are answered by new fetches while the store still holds it.
 #[tokio::test(start_paused = true)]
-async fn refreshes_sent_during_a_save_share_the_next_fetch() {
-    let store = GatedStore::new();
+async fn refreshes_are_answered_while_a_save_blocks() {
+    let store = GatedStore::saves_gated();
     let _open = store.open_on_drop();
-    let transport = answering(ok(json!({"a": 1})).delay(secs(1)));
+    let transport = answering_in_turn([ok(json!({"a": 1})).delay(secs(1)), ok(json!({"a": 2}))]);
     let recorder = Recorder::new(&transport);
     let flags = Flags::builder()
         .transport(recorder.clone())
@@ -1376,19 +1324,30 @@ async fn refreshes_sent_during_a_save_share_the_next_fetch() {
     idle().await;
     assert_eq!(recorder.count(), 1, "the start fetch is in flight");
     let during_fetch = tokio::spawn(flags.refresh());
-    // The start fetch ends and its save blocks; this caller asks during the save.
-    let mut snapshots = flags.subscribe();
-    snapshots
-        .wait_for(|s| s.source() == Source::Network)
-        .await
-        .unwrap();
+    within("the save", secs(10), store.save.entered.notified()).await;
     let during_save = tokio::spawn(flags.refresh());
-    // The paused clock stands still while the save blocks: yield, do not sleep.
-    for _ in 0..10 {
+    // The paused clock stands still while a store call blocks: yield, do not sleep.
+    for _ in 0..1000 {
+        if during_fetch.is_finished() && during_save.is_finished() {
+            break;
+        }
         tokio::task::yield_now().await;
     }
+    assert!(
+        during_fetch.is_finished() && during_save.is_finished(),
+        "refreshes waited for the save"
+    );
+    assert_eq!(during_fetch.await.unwrap().unwrap().get_i64("a"), Some(2));
+    assert_eq!(during_save.await.unwrap().unwrap().get_i64("a"), Some(2));
+    assert_eq!(recorder.count(), 3, "a fetch for each: no save in the way");
+    assert!(store.inner.get().is_none(), "the first save still blocks");
+    assert!(
+        matches!(flags.status(), Status::Initializing),
+        "fresh only after the save: {:?}",
+        flags.status()
+    );
     store.open();
-    during_fetch.await.unwrap().unwrap();
-    during_save.await.unwrap().unwrap();
-    assert_eq!(recorder.count(), 2, "one fetch for both late callers");
+    wait_status(&flags, "fresh after the save", is_fresh).await;
+    flags.flush().await.unwrap();
+    assert_eq!(store.inner.get().unwrap().flags["a"], json!(2));
 }

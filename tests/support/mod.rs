@@ -134,15 +134,17 @@ impl Drop for Probe {
 
 impl Transport for Recorder {
     fn send(&self, request: flagpole::Request) -> BoxFuture<'static, Result<Response, Error>> {
-        self.lock().sent.push(Instant::now());
         let send = self.inner.send(request);
-        let probe = Probe {
-            log: Arc::clone(&self.log),
-            done: false,
-        };
+        let log = Arc::clone(&self.log);
         Box::pin(async move {
-            // Move the whole probe in, so that dropping the future drops it.
-            let mut probe = probe;
+            // Sent when first polled, like `ScriptedTransport`: a future dropped unpolled is no
+            // request at all.
+            log.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .sent
+                .push(Instant::now());
+            // The probe lives in the future, so that dropping the future drops it.
+            let mut probe = Probe { log, done: false };
             let result = send.await;
             probe.done = true;
             result
@@ -452,5 +454,92 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
 
     fn make_writer(&'a self) -> Self::Writer {
         self.clone()
+    }
+}
+
+/// One gate of a [`GatedStore`]: closed, blocking calls wait until it opens.
+#[derive(Default)]
+pub struct Gate {
+    open: Mutex<bool>,
+    opened: std::sync::Condvar,
+    /// Notified when a call reaches the gate.
+    pub entered: tokio::sync::Notify,
+    /// Notified when a call that passed the gate returns.
+    pub finished: tokio::sync::Notify,
+}
+
+#[allow(dead_code)]
+impl Gate {
+    fn pass(&self) {
+        self.entered.notify_one();
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        while !*open {
+            open = self.opened.wait(open).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    pub fn open(&self) {
+        *self.open.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.opened.notify_all();
+    }
+
+    pub fn close(&self) {
+        *self.open.lock().unwrap_or_else(|e| e.into_inner()) = false;
+    }
+}
+
+/// A `MemoryStore` whose loads and saves can be held inside the store (a slow disk, a hung
+/// network file system). Both gates start closed.
+#[allow(dead_code)]
+#[derive(Clone, Default)]
+pub struct GatedStore {
+    pub inner: flagpole::MemoryStore,
+    pub load: Arc<Gate>,
+    pub save: Arc<Gate>,
+}
+
+#[allow(dead_code)]
+impl GatedStore {
+    /// Loads pass at once; saves wait for the gate.
+    pub fn saves_gated() -> Self {
+        let store = GatedStore::default();
+        store.load.open();
+        store
+    }
+
+    pub fn open(&self) {
+        self.load.open();
+        self.save.open();
+    }
+
+    /// Opens both gates when dropped, even when an assertion fails, so that a blocked store
+    /// call cannot hang the runtime's shutdown.
+    pub fn open_on_drop(&self) -> OpenOnDrop {
+        OpenOnDrop(self.clone())
+    }
+}
+
+/// See [`GatedStore::open_on_drop`].
+pub struct OpenOnDrop(GatedStore);
+
+impl Drop for OpenOnDrop {
+    fn drop(&mut self) {
+        self.0.open();
+    }
+}
+
+impl flagpole::Store for GatedStore {
+    fn load(&self) -> Result<Option<flagpole::CacheRecord>, Error> {
+        self.load.pass();
+        let loaded = self.inner.load();
+        self.load.finished.notify_one();
+        loaded
+    }
+
+    fn save(&self, record: &flagpole::CacheRecord) -> Result<(), Error> {
+        self.save.pass();
+        let saved = self.inner.save(record);
+        self.save.finished.notify_one();
+        saved
     }
 }

@@ -104,7 +104,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             _ => Failure::Other(e.to_string()),
         })?;
     let written = match cli.command {
-        Command::Get { refresh } => get(&flags, refresh).await,
+        Command::Get { refresh } => {
+            let written = get(&flags, refresh).await;
+            // Saves run beside the poller: let the last one reach the cache before exiting,
+            // bounded like a request (its failure is already a warning on stderr).
+            let _ = tokio::time::timeout(cli.common.timeout, flags.flush()).await;
+            written
+        }
         Command::Watch => watch(&flags).await,
     };
     flags.shutdown().await;

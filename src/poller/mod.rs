@@ -1,26 +1,33 @@
 //! The background task that owns all I/O: store, schedule, fetch, backoff, refresh, shutdown.
+//!
+//! One loop takes one event at a time and never awaits I/O itself: the load, the save and the
+//! fetch are futures it polls beside the commands, so a hung store or server never delays a
+//! command, and a command already queued is seen before a response that is already ready.
+
+mod persist;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use reqwest::Url;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::field::Empty;
-use tracing::Instrument;
 
 use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::error::Error;
+use crate::fetch::{fetch, Outcome};
 use crate::layers::{RemoteLayer, Shared};
-use crate::parse::{parse, RawFlags};
-use crate::request::{self, StatusClass};
+use crate::parse::RawFlags;
 use crate::rollout::{self, Processed};
 use crate::snapshot::{Snapshot, Source};
 use crate::status::Status;
 use crate::store::{CacheRecord, Store};
 use crate::transport::{BoxFuture, Transport};
+
+pub(crate) use persist::SaveReply;
+use persist::{Done, Persist};
 
 pub(crate) type RefreshReply = oneshot::Sender<Result<Arc<Snapshot>, Error>>;
 
@@ -29,8 +36,8 @@ pub(crate) type RefreshReply = oneshot::Sender<Result<Arc<Snapshot>, Error>>;
 pub(crate) enum Command {
     Refresh(RefreshReply),
     SetEnabled(bool, oneshot::Sender<()>),
-    /// The overrides changed: persist them.
-    SaveOverrides(oneshot::Sender<Result<(), Error>>),
+    /// Persist the state held now (the overrides changed, or a caller flushes).
+    Save(SaveReply),
 }
 
 /// The last good remote flags.
@@ -44,23 +51,14 @@ struct RemoteState {
     etag: Option<String>,
 }
 
-enum Outcome {
-    Fetched {
-        flags: RawFlags,
-        etag: Option<String>,
-    },
-    NotModified,
-    Failed {
-        error: Error,
-        retry_after: Option<Duration>,
-    },
-}
-
 enum Event {
     Cancelled,
     Fetched(Outcome),
     Command(Option<Command>),
+    Store(Done),
     Due,
+    RetryLoad,
+    WallCheck,
 }
 
 pub(crate) struct Poller {
@@ -68,7 +66,6 @@ pub(crate) struct Poller {
     url: Url,
     key: String,
     transport: Arc<dyn Transport>,
-    store: Option<Arc<dyn Store>>,
     shared: Arc<Shared>,
     commands: mpsc::UnboundedReceiver<Command>,
     token: CancellationToken,
@@ -76,8 +73,9 @@ pub(crate) struct Poller {
     remote: Option<RemoteState>,
     backoff: Backoff,
     stale_since: Option<std::time::Instant>,
-    /// The server's `Retry-After`: no request before this, refreshes included.
-    not_before: Option<Instant>,
+    /// The server's `Retry-After`: no request before this (tokio time; the wall-clock time is
+    /// what callers are told).
+    not_before: Option<(Instant, SystemTime)>,
     /// A rejected request (4xx) was logged at error level in this failure streak.
     rejection_logged: bool,
     next_fetch: Option<Instant>,
@@ -86,8 +84,14 @@ pub(crate) struct Poller {
     waiting: Vec<RefreshReply>,
     /// Callers who asked after the fetch in flight started: they get the next one.
     queued: Vec<RefreshReply>,
-    /// Callers waiting for their override change to be persisted.
-    save_requests: Vec<oneshot::Sender<Result<(), Error>>>,
+    /// The first load of the store has not ended: the automatic first fetch waits for it.
+    starting: bool,
+    persist: Persist,
+    /// Successful fetches so far.
+    fetches: u64,
+    /// "Fresh" is reported once the save covering this many fetches has ended.
+    fresh_after_save: Option<u64>,
+    next_wall_check: Instant,
 }
 
 impl Poller {
@@ -100,13 +104,14 @@ impl Poller {
         token: CancellationToken,
     ) -> Self {
         Poller {
-            url: request::flags_url(&config),
+            url: crate::request::flags_url(&config),
             key: config.cache_key(),
             backoff: Backoff::new(config.backoff_initial, config.backoff_cap()),
             enabled: config.enabled,
+            persist: Persist::new(store, &config),
+            next_wall_check: after(wall_check_period(&config)),
             config,
             transport,
-            store,
             shared,
             commands,
             token,
@@ -118,62 +123,111 @@ impl Poller {
             in_flight: None,
             waiting: Vec::new(),
             queued: Vec::new(),
-            save_requests: Vec::new(),
+            starting: true,
+            fetches: 0,
+            fresh_after_save: None,
         }
     }
 
     pub(crate) async fn run(mut self) {
-        if self.start().await {
-            loop {
-                let due = self
-                    .next_fetch
-                    .filter(|_| self.enabled && self.in_flight.is_none());
-                let event = tokio::select! {
-                    biased;
-                    () = self.token.cancelled() => Event::Cancelled,
-                    outcome = in_flight(&mut self.in_flight) => Event::Fetched(outcome),
-                    command = self.commands.recv() => Event::Command(command),
-                    () = sleep_until(due) => Event::Due,
-                };
-                match event {
-                    Event::Cancelled | Event::Command(None) => break,
-                    Event::Fetched(outcome) => {
-                        self.in_flight = None;
-                        self.finish(outcome).await;
+        if !self.persist.load() {
+            self.loaded(Ok(None));
+        }
+        loop {
+            let due = self
+                .next_fetch
+                .filter(|_| self.enabled && self.in_flight.is_none());
+            let retry_load = self.persist.retry_at();
+            let wall_check = self.wall_check_at();
+            let event = tokio::select! {
+                biased;
+                () = self.token.cancelled() => Event::Cancelled,
+                outcome = in_flight(&mut self.in_flight) => Event::Fetched(outcome),
+                command = self.commands.recv() => Event::Command(command),
+                done = self.persist.done() => Event::Store(done),
+                () = sleep_until(due) => Event::Due,
+                () = sleep_until(retry_load) => Event::RetryLoad,
+                () = sleep_until(wall_check) => Event::WallCheck,
+            };
+            match event {
+                Event::Cancelled | Event::Command(None) => break,
+                Event::Fetched(outcome) => {
+                    // Commands sent before this answer was seen come first: a disable among
+                    // them discards it (it drops the fetch), refreshes queue for the next one.
+                    self.drain_commands();
+                    if self.in_flight.take().is_some() {
+                        self.finish(outcome);
                     }
-                    Event::Command(Some(command)) => self.handle(command).await,
-                    Event::Due => self.start_fetch(),
                 }
+                Event::Command(Some(command)) => {
+                    self.apply(command);
+                    self.drain_commands();
+                    self.start_if_asked();
+                }
+                Event::Store(Done::Loaded(loaded)) => self.loaded(loaded),
+                Event::Store(Done::Saved(saved, fetches)) => self.saved(saved, fetches),
+                Event::Due => self.start_fetch(),
+                Event::RetryLoad => {
+                    self.persist.load();
+                }
+                Event::WallCheck => self.check_wall_clock(),
+            }
+            if self.persist.save_due() {
+                let record = self.record();
+                self.persist.save(record, self.fetches);
             }
         }
     }
 
-    /// Loads the store and publishes what it holds. False when cancelled meanwhile.
-    async fn start(&mut self) -> bool {
-        if let Some(store) = self.store.clone() {
-            let loaded = tokio::select! {
-                () = self.token.cancelled() => return false,
-                loaded = tokio::task::spawn_blocking(move || store.load()) => loaded,
-            };
-            match loaded {
-                Ok(Ok(Some(record))) => self.adopt(record),
-                Ok(Ok(None)) => {}
-                Ok(Err(error)) => {
-                    tracing::warn!(%error, "could not load the flag cache; starting without it")
+    /// A load ended. The first one (or none, without a store) starts the poller proper, whatever
+    /// it brought: a failed load is retried in the background while the poller fetches.
+    fn loaded(&mut self, loaded: Result<Option<CacheRecord>, Error>) {
+        let adopted = match loaded {
+            Ok(record) => {
+                if self.persist.load_failures() > 0 {
+                    tracing::info!("flag cache loaded after failed attempts");
                 }
-                Err(error) => {
-                    tracing::warn!(%error, "flag cache load panicked; starting without it")
+                self.persist.load_succeeded();
+                match record {
+                    Some(record) => self.adopt(record),
+                    None => {
+                        self.restore_overrides(RawFlags::new());
+                        false
+                    }
                 }
             }
+            Err(error) => {
+                // Once per failure streak: the retries may go on for a long time.
+                if self.persist.load_failures() == 0 {
+                    tracing::warn!(%error, "could not load the flag cache; retrying, and not saving over it until a load succeeds");
+                } else {
+                    tracing::debug!(%error, "could not load the flag cache again");
+                }
+                self.persist.load_failed(&error);
+                false
+            }
+        };
+        if std::mem::take(&mut self.starting) {
+            self.started();
+        } else if adopted && self.enabled {
+            self.publish_remote();
         }
-        // Whatever the store said, the overrides set so far stand from now on.
-        self.restore_overrides(RawFlags::new());
+    }
+
+    fn started(&mut self) {
         if !self.enabled {
             self.set_status(Status::Disabled);
-            return true;
+            return;
+        }
+        // A refresh asked while the store loaded may have fetched already.
+        if self
+            .remote
+            .as_ref()
+            .is_some_and(|r| r.source == Source::Network)
+        {
+            return;
         }
         self.serve_remote();
-        true
     }
 
     /// Serves the persisted overrides, under any change made while they loaded.
@@ -187,12 +241,12 @@ impl Poller {
     }
 
     /// Serves the last remote flags, if any. Fresh ones need no request until they expire;
-    /// otherwise a fetch starts at once.
+    /// otherwise a fetch starts at once (or when the server's `Retry-After` ends).
     fn serve_remote(&mut self) {
         let fresh_for = self.remote.as_ref().and_then(|r| {
             self.config
                 .fetch_interval
-                .checked_sub(age(r.cache_timestamp))
+                .checked_sub(self.age(r.cache_timestamp))
                 .filter(|d| !d.is_zero())
         });
         // Flags first, then the status: whoever sees "fresh" must read these flags.
@@ -208,23 +262,34 @@ impl Poller {
             }
             None => {
                 self.set_status(Status::Initializing);
-                self.next_fetch = Some(Instant::now());
+                let now = Instant::now();
+                self.next_fetch = Some(self.not_before.map_or(now, |(at, _)| at.max(now)));
             }
         }
     }
 
-    fn adopt(&mut self, record: CacheRecord) {
+    /// Takes a loaded record: its overrides always, its flags when they were saved for this
+    /// request and are newer than any held. True when the flags were taken.
+    fn adopt(&mut self, record: CacheRecord) -> bool {
         if record.version != CacheRecord::VERSION {
-            tracing::info!("ignoring a flag cache of another format version");
-            return;
+            tracing::warn!(
+                version = record.version,
+                "ignoring a flag cache of another format version; the next save replaces it"
+            );
+            self.restore_overrides(RawFlags::new());
+            return false;
         }
         self.restore_overrides(record.overrides);
         if record.key != self.key {
             tracing::info!("ignoring a flag cache saved for other request parameters or ids");
-            return;
+            return false;
         }
-        if record.cache_timestamp == 0 {
-            return;
+        let newer = self
+            .remote
+            .as_ref()
+            .is_none_or(|r| r.cache_timestamp < record.cache_timestamp);
+        if record.cache_timestamp == 0 || !newer {
+            return false;
         }
         tracing::debug!(flags = record.flags.len(), "loaded flag cache");
         self.remote = Some(self.remote_state(
@@ -233,6 +298,7 @@ impl Poller {
             record.cache_timestamp,
             record.etag,
         ));
+        true
     }
 
     /// Processing happens here, once per new set of remote flags, never on a read.
@@ -254,26 +320,6 @@ impl Poller {
         }
     }
 
-    async fn handle(&mut self, first: Command) {
-        self.apply(first);
-        self.drain_commands();
-        self.start_if_asked();
-        self.save_overrides().await;
-    }
-
-    /// Persists override changes taken from the queue (by any drain, not only `handle`'s). One
-    /// save covers every change made so far.
-    async fn save_overrides(&mut self) {
-        if self.save_requests.is_empty() {
-            return;
-        }
-        let requests = std::mem::take(&mut self.save_requests);
-        let saved = self.save().await;
-        for reply in requests {
-            let _ = reply.send(saved.clone());
-        }
-    }
-
     fn apply(&mut self, command: Command) {
         match command {
             Command::Refresh(reply) if !self.enabled => {
@@ -285,7 +331,7 @@ impl Poller {
                 self.set_enabled(enabled);
                 let _ = ack.send(());
             }
-            Command::SaveOverrides(reply) => self.save_requests.push(reply),
+            Command::Save(reply) => self.persist.wait_for_save(reply),
         }
     }
 
@@ -296,16 +342,27 @@ impl Poller {
         }
     }
 
-    /// Starts a fetch for the callers waiting on one, or, while the server's `Retry-After`
-    /// runs, schedules it for when that ends: a refresh never overrides the server's request.
+    /// Starts a fetch for the callers waiting on one. While the server's `Retry-After` runs
+    /// they are told so at once: a refresh never overrides the server's request, nor waits it out.
     fn start_if_asked(&mut self) {
         if !self.enabled || self.in_flight.is_some() || self.waiting.is_empty() {
             return;
         }
-        match self.not_before.filter(|t| *t > Instant::now()) {
-            Some(at) => self.next_fetch = Some(at),
+        match self.retry_window() {
+            Some(until) => {
+                for reply in self.waiting.drain(..) {
+                    let _ = reply.send(Err(Error::RetryAfter { until }));
+                }
+            }
             None => self.start_fetch(),
         }
+    }
+
+    /// When the server's `Retry-After` ends, while it runs.
+    fn retry_window(&self) -> Option<SystemTime> {
+        self.not_before
+            .filter(|(at, _)| *at > Instant::now())
+            .map(|(_, until)| until)
     }
 
     fn set_enabled(&mut self, enabled: bool) {
@@ -318,6 +375,7 @@ impl Poller {
             self.in_flight = None;
             self.answer_callers(&Error::Disabled);
             self.next_fetch = None;
+            self.fresh_after_save = None;
             self.shared.update(|layers| layers.remote = None);
             self.set_status(Status::Disabled);
             tracing::info!("remote flags disabled; serving defaults only");
@@ -326,100 +384,49 @@ impl Poller {
         tracing::info!("remote flags enabled");
         self.backoff.reset();
         self.stale_since = None;
-        self.serve_remote();
+        if self.starting {
+            // The end of the first load serves what it finds.
+            self.set_status(Status::Initializing);
+        } else {
+            self.serve_remote();
+        }
     }
 
     fn start_fetch(&mut self) {
         self.next_fetch = None;
         let etag = self.remote.as_ref().and_then(|r| r.etag.as_deref());
-        let request = request::build(&self.config, &self.url, etag);
-        let had_etag = etag.is_some();
-        let send = self.transport.send(request);
-        let timeout = self.config.timeout;
-        // Stable field names, documented in the README. Never the URL: it holds the profile id.
-        let span = tracing::info_span!(
-            "flagpole.fetch",
-            status = Empty,
-            duration_ms = Empty,
-            bytes = Empty,
-            flags = Empty,
-            source = Empty,
-            error = Empty,
-        );
         // Only the poller changes the remote layer (overrides keep the source), so the source
         // served now is what a failure leaves served.
         let served = self.shared.current.load().source();
-        let fetch = async move {
-            let response = match tokio::time::timeout(timeout, send).await {
-                Err(_) => return failed(Error::Timeout { after: timeout }),
-                Ok(Err(Error::Timeout { .. })) => return failed(Error::Timeout { after: timeout }),
-                Ok(Err(error)) => return failed(error),
-                Ok(Ok(response)) => response,
-            };
-            tracing::Span::current()
-                .record("status", response.status)
-                .record("bytes", response.body.len() as u64);
-            match request::classify(response.status) {
-                StatusClass::Success => match parse(&response.body) {
-                    Ok(flags) => Outcome::Fetched {
-                        flags,
-                        etag: request::etag(&response.headers),
-                    },
-                    Err(error) => failed(error),
-                },
-                StatusClass::NotModified if had_etag => Outcome::NotModified,
-                _ => Outcome::Failed {
-                    error: Error::Http {
-                        status: response.status,
-                    },
-                    retry_after: request::retry_after(
-                        response.status,
-                        &response.headers,
-                        SystemTime::now(),
-                    ),
-                },
-            }
-        };
-        self.in_flight = Some(Box::pin(
-            async move {
-                let started = Instant::now();
-                let outcome = fetch.await;
-                let span = tracing::Span::current();
-                span.record("duration_ms", started.elapsed().as_millis() as u64);
-                match &outcome {
-                    Outcome::Fetched { flags, .. } => {
-                        span.record("flags", flags.len() as u64);
-                        span.record("source", Source::Network.as_str());
-                    }
-                    Outcome::NotModified => {
-                        span.record("source", Source::Network.as_str());
-                    }
-                    Outcome::Failed { error, .. } => {
-                        span.record("source", served.as_str());
-                        span.record("error", tracing::field::display(error));
-                    }
-                }
-                tracing::debug!("flag fetch finished");
-                outcome
-            }
-            .instrument(span),
+        self.in_flight = Some(fetch(
+            &self.config,
+            &self.url,
+            &self.transport,
+            etag,
+            served,
         ));
     }
 
-    async fn finish(&mut self, outcome: Outcome) {
+    fn finish(&mut self, outcome: Outcome) {
         let result = match outcome {
             Outcome::Fetched { flags, etag } => {
                 tracing::debug!(flags = flags.len(), "fetched flags");
-                self.remote = Some(self.remote_state(flags, Source::Network, now_ms(), etag));
-                Ok(self.succeeded().await)
+                let now = self.config.wall_clock.now_ms();
+                self.remote = Some(self.remote_state(flags, Source::Network, now, etag));
+                Ok(self.succeeded())
             }
-            Outcome::NotModified => {
+            Outcome::NotModified { etag } => {
                 tracing::debug!("flags not modified");
+                let now = self.config.wall_clock.now_ms();
                 if let Some(remote) = &mut self.remote {
                     remote.source = Source::Network;
-                    remote.cache_timestamp = now_ms();
+                    remote.cache_timestamp = now;
+                    // The server may rotate its tag on a 304; the next request sends the new one.
+                    if etag.is_some() {
+                        remote.etag = etag;
+                    }
                 }
-                Ok(self.succeeded().await)
+                Ok(self.succeeded())
             }
             Outcome::Failed { error, retry_after } => {
                 self.failed(&error, retry_after);
@@ -429,17 +436,14 @@ impl Poller {
         for reply in std::mem::take(&mut self.waiting) {
             let _ = reply.send(result.clone());
         }
-        // Callers who asked during this fetch, and any whose request arrived meanwhile, share
-        // the next one.
+        // Callers who asked during this fetch share the next one.
         self.waiting = std::mem::take(&mut self.queued);
-        self.drain_commands();
         self.start_if_asked();
-        self.save_overrides().await;
     }
 
-    /// Publishes the new flags at once, persists them, and only then reports "fresh", so that a
-    /// caller who stops on seeing "fresh" (or a refresh answer) never loses the save.
-    async fn succeeded(&mut self) -> Arc<Snapshot> {
+    /// Publishes the new flags at once and asks for a save. "Fresh" waits for that save, so a
+    /// caller who stops on seeing it never loses the record; the loop does not.
+    fn succeeded(&mut self) -> Arc<Snapshot> {
         self.backoff.reset();
         self.rejection_logged = false;
         self.stale_since = None;
@@ -447,16 +451,27 @@ impl Poller {
         let snapshot = self.publish_remote();
         let jitter = self.config.schedule_jitter * fastrand::f64();
         self.schedule(self.config.fetch_interval.mul_f64(1.0 - jitter));
-        match self.save().await {
-            Ok(()) => {}
-            // Stopping mid-save: the status goes straight to Stopped.
-            Err(_) if self.token.is_cancelled() => return snapshot,
-            Err(error) => {
-                tracing::warn!(%error, "could not save the flag cache; flags stay in memory")
-            }
+        self.fetches += 1;
+        self.persist.mark_dirty();
+        if self.persist.saves_soon() {
+            self.fresh_after_save = Some(self.fetches);
+        } else {
+            self.set_status(Status::Fresh);
         }
-        self.set_status(Status::Fresh);
         snapshot
+    }
+
+    fn saved(&mut self, saved: Result<(), Error>, fetches: u64) {
+        if let Err(error) = saved {
+            tracing::warn!(%error, "could not save the flag cache; flags stay in memory");
+        }
+        if self
+            .fresh_after_save
+            .is_some_and(|wanted| wanted <= fetches)
+        {
+            self.fresh_after_save = None;
+            self.set_status(Status::Fresh);
+        }
     }
 
     /// The next automatic fetch, `delay` from now; none when polling is off.
@@ -466,6 +481,7 @@ impl Poller {
     }
 
     fn failed(&mut self, error: &Error, retry_after: Option<Duration>) {
+        self.fresh_after_save = None;
         let mut delay = if error.is_permanent() {
             // Retrying a 4xx soon cannot help: go straight to the cap, and say so once.
             if !std::mem::replace(&mut self.rejection_logged, true) {
@@ -480,7 +496,7 @@ impl Poller {
         };
         if let Some(wait) = retry_after {
             let wait = wait.min(self.config.fetch_interval);
-            self.not_before = Some(after(wait));
+            self.not_before = Some((after(wait), self.config.wall_clock.now() + wait));
             delay = delay.max(wait);
         }
         tracing::debug!(
@@ -499,11 +515,35 @@ impl Poller {
         });
     }
 
-    /// Persists the last remote flags (or none yet: timestamp 0) with the overrides held now.
-    async fn save(&mut self) -> Result<(), Error> {
-        let Some(store) = self.store.clone() else {
-            return Ok(());
-        };
+    /// When to look at the wall clock next: while fresh flags wait for their scheduled refresh,
+    /// which a suspended machine would put off.
+    fn wall_check_at(&self) -> Option<Instant> {
+        let waiting = self.enabled
+            && self.config.polling
+            && !self.starting
+            && self.in_flight.is_none()
+            && self.stale_since.is_none()
+            && self.remote.is_some();
+        waiting.then_some(self.next_wall_check)
+    }
+
+    /// Fetches at once when the flags expired by the wall clock: tokio's timers stop while the
+    /// machine sleeps, so after a suspend the scheduled refresh would come too late.
+    fn check_wall_clock(&mut self) {
+        self.next_wall_check = after(wall_check_period(&self.config));
+        let expired = self
+            .remote
+            .as_ref()
+            .is_some_and(|r| self.age(r.cache_timestamp) >= self.config.fetch_interval);
+        if expired && self.retry_window().is_none() {
+            tracing::debug!("flags expired by the wall clock (the machine slept?); fetching now");
+            self.start_fetch();
+        }
+    }
+
+    /// The last remote flags and the overrides held now, as the store keeps them (no fetch yet:
+    /// timestamp 0).
+    fn record(&self) -> CacheRecord {
         let overrides = self.shared.read(|layers| layers.overrides().clone());
         let mut record = match &self.remote {
             Some(remote) => CacheRecord::new(
@@ -515,11 +555,7 @@ impl Poller {
             None => CacheRecord::new(self.key.clone(), 0, None, RawFlags::new()),
         };
         record.overrides = overrides;
-        let saved = tokio::select! {
-            () = self.token.cancelled() => return Err(Error::Stopped),
-            saved = tokio::task::spawn_blocking(move || store.save(&record)) => saved,
-        };
-        saved.unwrap_or_else(|panic| Err(Error::store(std::io::Error::other(panic.to_string()))))
+        record
     }
 
     /// Publishes the last remote flags, processed, under the defaults and over the overrides.
@@ -549,6 +585,12 @@ impl Poller {
         });
     }
 
+    /// How old a timestamp is by the wall clock; one from the future counts as brand new.
+    fn age(&self, cache_timestamp: u64) -> Duration {
+        let now = self.config.wall_clock.now_ms();
+        Duration::from_millis(now.saturating_sub(cache_timestamp))
+    }
+
     /// Answers every caller waiting on a fetch, now or next, with `error`.
     fn answer_callers(&mut self, error: &Error) {
         for reply in self.waiting.drain(..).chain(self.queued.drain(..)) {
@@ -563,12 +605,12 @@ impl Poller {
             match command {
                 Command::Refresh(reply) => self.waiting.push(reply),
                 Command::SetEnabled(_, ack) => drop(ack),
-                Command::SaveOverrides(reply) => self.save_requests.push(reply),
+                Command::Save(reply) => self.persist.wait_for_save(reply),
             }
         }
-        for reply in self.save_requests.drain(..) {
-            let _ = reply.send(Err(Error::Stopped));
-        }
+        // A save wanted and not started still goes to the store; nobody waits for it.
+        let record = self.record();
+        self.persist.stop(|| record);
         self.answer_callers(&Error::Stopped);
         self.set_status(Status::Stopped);
         tracing::debug!("flag poller stopped");
@@ -583,18 +625,16 @@ impl Drop for Poller {
     }
 }
 
+/// How often the wall clock is read while flags wait for their refresh.
+fn wall_check_period(config: &Config) -> Duration {
+    (config.fetch_interval / 10).min(Duration::from_secs(60))
+}
+
 /// `delay` from now, saturating far in the future instead of overflowing.
 fn after(delay: Duration) -> Instant {
     let now = Instant::now();
     now.checked_add(delay)
         .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 60 * 60))
-}
-
-fn failed(error: Error) -> Outcome {
-    Outcome::Failed {
-        error,
-        retry_after: None,
-    }
 }
 
 async fn in_flight(fetch: &mut Option<BoxFuture<'static, Outcome>>) -> Outcome {
@@ -609,15 +649,4 @@ async fn sleep_until(deadline: Option<Instant>) {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
     }
-}
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// How old a timestamp is; a timestamp from the future counts as brand new.
-fn age(cache_timestamp: u64) -> Duration {
-    Duration::from_millis(now_ms().saturating_sub(cache_timestamp))
 }
