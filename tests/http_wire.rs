@@ -682,11 +682,12 @@ async fn slow_server_is_a_timeout() {
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test]
-async fn corrupt_cache_file_is_ignored_and_overwritten() {
+async fn corrupt_cache_file_is_kept_aside_and_replaced() {
     let server = good_flags_server().await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("flags.json");
-    std::fs::write(&file, b"\xff\xfe{not json at all").unwrap();
+    let corrupt = b"\xff\xfe{not json at all";
+    std::fs::write(&file, corrupt).unwrap();
 
     let flags = builder(&server.uri())
         .store(FileStore::new(&file))
@@ -707,6 +708,11 @@ async fn corrupt_cache_file_is_ignored_and_overwritten() {
     assert_eq!(
         Some(record.cache_timestamp),
         flags.snapshot().cache_timestamp()
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("flags.json.corrupt")).unwrap(),
+        corrupt,
+        "the corrupt file is kept aside for a human"
     );
     flags.shutdown().await;
 }

@@ -2,7 +2,8 @@
 //!
 //! - A save interrupted at any byte (a partial temporary file beside the target, or a target
 //!   truncated by a writer that is not atomic) leaves a cache that loads: the previous record,
-//!   or nothing at all, never half a record and never an error.
+//!   or nothing at all, never half a record and never an error. A truncated target is kept
+//!   aside as `<name>.corrupt`.
 //! - A cache directory that cannot be written is a warning; the handle keeps serving and
 //!   refreshing from memory.
 //! - Two handles saving into one file never leave it unreadable, not even for an instant.
@@ -49,7 +50,8 @@ async fn saved_bytes(file: &Path, flags: Value) -> Vec<u8> {
     std::fs::read(file).unwrap()
 }
 
-/// The name `FileStore` gives its temporary files: `.<name>.<pid>.<n>.tmp` beside the target.
+/// A temporary file of another process beside the target, named as `FileStore` names them
+/// (`.<name>.<pid>.<random>.<n>.tmp`, or `.<name>.<pid>.<n>.tmp` before the random part).
 fn temp_beside(file: &Path, n: usize) -> PathBuf {
     let name = file.file_name().unwrap().to_string_lossy();
     file.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id() + 1))
@@ -67,6 +69,7 @@ async fn a_save_interrupted_at_any_byte_leaves_a_loadable_cache() {
     )
     .await;
     let store = FileStore::new(&file);
+    let corrupt = dir.path().join("flags.json.corrupt");
     let old = store.load().unwrap().expect("the old record");
     let new = FileStore::new(&scratch)
         .load()
@@ -88,12 +91,20 @@ async fn a_save_interrupted_at_any_byte_leaves_a_loadable_cache() {
         let loaded = store.load().unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
         let expected = (cut == new_bytes.len()).then(|| new.clone());
         assert_eq!(loaded, expected, "target cut at {cut}");
+        if cut < new_bytes.len() {
+            assert!(!file.exists(), "target cut at {cut}: moved aside");
+            assert_eq!(
+                std::fs::read(&corrupt).unwrap(),
+                &new_bytes[..cut],
+                "target cut at {cut}: kept as .corrupt"
+            );
+        }
         std::fs::write(&file, &old_bytes).unwrap();
     }
 
     // Through a handle, at a sample of cuts: the old cache is served beside a partial temporary
-    // file; a truncated target is ignored and overwritten by the next fetch.
-    // (Leftover temporary files are never cleaned up; they are merely ignored.)
+    // file; a truncated target is kept aside and a new one is written by the next fetch.
+    // (Leftover temporary files this young are ignored, not removed: a writer may be at work.)
     let entries = std::fs::read_dir(dir.path()).unwrap().count();
     assert!(
         entries > new_bytes.len(),
@@ -123,6 +134,11 @@ async fn a_save_interrupted_at_any_byte_leaves_a_loadable_cache() {
             .unwrap()
             .expect("overwritten with a whole record");
         assert_eq!(record.flags.get("v"), Some(&json!("fetched")));
+        assert_eq!(
+            std::fs::read(&corrupt).unwrap(),
+            &new_bytes[..cut],
+            "cut at {cut}: kept as .corrupt"
+        );
         std::fs::write(&file, &old_bytes).unwrap();
     }
 }
