@@ -1691,6 +1691,41 @@ async fn watch_reports_stale_and_retries_after_failures() {
     watch.quit();
 }
 
+/// A `refresh` typed while the server's `Retry-After` runs is answered within a second, with
+/// the time the wait ends, and makes no request.
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_refresh_during_retry_after_answers_at_once_without_a_request() {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/v1/flags"))
+        .respond_with(ResponseTemplate::new(503).insert_header("retry-after", "3600"))
+        .mount(&server)
+        .await;
+    let mut watch = Watch::spawn(&["--no-cache", "--base-url", &v1(&server)]);
+    watch.expect_start(json!({}));
+    watch.wait_for("the stale status", is_status("stale"));
+    assert_eq!(request_count(&server).await, 1);
+    watch.mark();
+    watch.send("refresh");
+    let answer = watch
+        .next_within(Duration::from_secs(1))
+        .expect("stdout open");
+    assert!(is_refresh(&answer), "{answer}\n{}", watch.transcript());
+    assert_eq!(answer["ok"], false, "{answer}");
+    let error = answer["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("no request before") && error.contains("GMT"),
+        "the error names the time: {answer}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        request_count(&server).await,
+        1,
+        "a request during Retry-After"
+    );
+    watch.quit();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn watch_keeps_running_after_stdin_eof_until_sigterm() {
     let server = server_with_flags().await;
