@@ -112,6 +112,7 @@
 //! The `test-util` feature adds `ScriptedTransport`, which answers from a script with no sockets,
 //! so tests can run on tokio's paused clock.
 
+#![forbid(unsafe_code)]
 #![warn(
     missing_docs,
     missing_debug_implementations,

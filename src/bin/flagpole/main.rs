@@ -1,5 +1,7 @@
 //! `flagpole`: shows the flags a client gets, where they came from, and how they change.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
