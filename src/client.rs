@@ -272,7 +272,12 @@ impl Flags {
     ///
     /// # Errors
     /// The fetch's error (the last good flags stay served); [`Error::Disabled`] at once when remote
-    /// flags are off; [`Error::Stopped`] at once when the poller has stopped.
+    /// flags are off; [`Error::RetryAfter`] at once while the server's `Retry-After` runs (no
+    /// request is made; the poller retries when it ends); [`Error::Stopped`] at once when the
+    /// poller has stopped.
+    ///
+    /// The answer comes as soon as the new flags are published, before they are saved; await
+    /// [`flush`](Self::flush) to wait for the store.
     ///
     /// # Cancellation safety
     /// Dropping the future does not cancel the fetch; other callers still get its result.
@@ -358,8 +363,10 @@ impl Flags {
     /// waits for the save (`drop` it to not wait).
     ///
     /// # Errors
-    /// The store's error if the save failed (the override still holds in memory);
-    /// [`Error::Stopped`] when the poller has stopped (nothing more is saved).
+    /// The store's error if the save failed (the override still holds in memory); the load
+    /// error while the store could not be read (nothing is written over a record that was not
+    /// read; the override is saved once a load succeeds); [`Error::Stopped`] when the poller
+    /// has stopped (nothing more is saved).
     ///
     /// # Cancellation safety
     /// Dropping the future does not undo the change or stop the save.

@@ -12,15 +12,14 @@
 
 mod support;
 
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use flagpole::{
-    CacheRecord, CancellationToken, Error, Flags, MemoryStore, ScriptedResponse, ScriptedTransport,
-    Snapshot, Source, Status, Store,
+    CacheRecord, CancellationToken, Error, Flags, ScriptedResponse, ScriptedTransport, Snapshot,
+    Source, Status,
 };
 use serde_json::json;
-use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, Instant};
 

@@ -7,7 +7,7 @@
 //! `spawn_blocking` store call runs), so the instants are exact, not subject to scheduling luck.
 
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 mod support;

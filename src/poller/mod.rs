@@ -4,6 +4,8 @@
 //! fetch are futures it polls beside the commands, so a hung store or server never delays a
 //! command, and a command already queued is seen before a response that is already ready.
 
+mod cache;
+mod outcome;
 mod persist;
 
 use std::sync::Arc;
@@ -20,10 +22,10 @@ use crate::error::Error;
 use crate::fetch::{fetch, Outcome};
 use crate::layers::{RemoteLayer, Shared};
 use crate::parse::RawFlags;
-use crate::rollout::{self, Processed};
+use crate::rollout::Processed;
 use crate::snapshot::{Snapshot, Source};
 use crate::status::Status;
-use crate::store::{CacheRecord, Store};
+use crate::store::Store;
 use crate::transport::{BoxFuture, Transport};
 
 pub(crate) use persist::SaveReply;
@@ -179,147 +181,6 @@ impl Poller {
         }
     }
 
-    /// A load ended. The first one (or none, without a store) starts the poller proper, whatever
-    /// it brought: a failed load is retried in the background while the poller fetches.
-    fn loaded(&mut self, loaded: Result<Option<CacheRecord>, Error>) {
-        let adopted = match loaded {
-            Ok(record) => {
-                if self.persist.load_failures() > 0 {
-                    tracing::info!("flag cache loaded after failed attempts");
-                }
-                self.persist.load_succeeded();
-                match record {
-                    Some(record) => self.adopt(record),
-                    None => {
-                        self.restore_overrides(RawFlags::new());
-                        false
-                    }
-                }
-            }
-            Err(error) => {
-                // Once per failure streak: the retries may go on for a long time.
-                if self.persist.load_failures() == 0 {
-                    tracing::warn!(%error, "could not load the flag cache; retrying, and not saving over it until a load succeeds");
-                } else {
-                    tracing::debug!(%error, "could not load the flag cache again");
-                }
-                self.persist.load_failed(&error);
-                false
-            }
-        };
-        if std::mem::take(&mut self.starting) {
-            self.started();
-        } else if adopted && self.enabled {
-            self.publish_remote();
-        }
-    }
-
-    fn started(&mut self) {
-        if !self.enabled {
-            self.set_status(Status::Disabled);
-            return;
-        }
-        // A refresh asked while the store loaded may have fetched already.
-        if self
-            .remote
-            .as_ref()
-            .is_some_and(|r| r.source == Source::Network)
-        {
-            return;
-        }
-        self.serve_remote();
-    }
-
-    /// Serves the persisted overrides, under any change made while they loaded.
-    fn restore_overrides(&self, persisted: RawFlags) {
-        let restored = !persisted.is_empty();
-        self.shared
-            .update(move |layers| layers.restore_overrides(persisted));
-        if restored {
-            tracing::debug!("restored local flag overrides");
-        }
-    }
-
-    /// Serves the last remote flags, if any. Fresh ones need no request until they expire;
-    /// otherwise a fetch starts at once (or when the server's `Retry-After` ends).
-    fn serve_remote(&mut self) {
-        let fresh_for = self.remote.as_ref().and_then(|r| {
-            self.config
-                .fetch_interval
-                .checked_sub(self.age(r.cache_timestamp))
-                .filter(|d| !d.is_zero())
-        });
-        // Flags first, then the status: whoever sees "fresh" must read these flags.
-        if self.remote.is_some() {
-            self.publish_remote();
-        }
-        match fresh_for {
-            // The first fetch is exactly at expiry: jitter would have to move it earlier, and
-            // nothing is requested while the flags are fresh. Schedule jitter applies from then on.
-            Some(remaining) => {
-                self.set_status(Status::Fresh);
-                self.schedule(remaining);
-            }
-            None => {
-                self.set_status(Status::Initializing);
-                let now = Instant::now();
-                self.next_fetch = Some(self.not_before.map_or(now, |(at, _)| at.max(now)));
-            }
-        }
-    }
-
-    /// Takes a loaded record: its overrides always, its flags when they were saved for this
-    /// request and are newer than any held. True when the flags were taken.
-    fn adopt(&mut self, record: CacheRecord) -> bool {
-        if record.version != CacheRecord::VERSION {
-            tracing::warn!(
-                version = record.version,
-                "ignoring a flag cache of another format version; the next save replaces it"
-            );
-            self.restore_overrides(RawFlags::new());
-            return false;
-        }
-        self.restore_overrides(record.overrides);
-        if record.key != self.key {
-            tracing::info!("ignoring a flag cache saved for other request parameters or ids");
-            return false;
-        }
-        let newer = self
-            .remote
-            .as_ref()
-            .is_none_or(|r| r.cache_timestamp < record.cache_timestamp);
-        if record.cache_timestamp == 0 || !newer {
-            return false;
-        }
-        tracing::debug!(flags = record.flags.len(), "loaded flag cache");
-        self.remote = Some(self.remote_state(
-            record.flags,
-            Source::Cache,
-            record.cache_timestamp,
-            record.etag,
-        ));
-        true
-    }
-
-    /// Processing happens here, once per new set of remote flags, never on a read.
-    fn remote_state(
-        &self,
-        flags: RawFlags,
-        source: Source,
-        cache_timestamp: u64,
-        etag: Option<String>,
-    ) -> RemoteState {
-        let flags = Arc::new(flags);
-        let processed = rollout::process(&flags, &self.config.identity);
-        RemoteState {
-            flags,
-            processed: Arc::new(processed),
-            source,
-            cache_timestamp,
-            etag,
-        }
-    }
-
     fn apply(&mut self, command: Command) {
         match command {
             Command::Refresh(reply) if !self.enabled => {
@@ -405,157 +266,6 @@ impl Poller {
             etag,
             served,
         ));
-    }
-
-    fn finish(&mut self, outcome: Outcome) {
-        let result = match outcome {
-            Outcome::Fetched { flags, etag } => {
-                tracing::debug!(flags = flags.len(), "fetched flags");
-                let now = self.config.wall_clock.now_ms();
-                self.remote = Some(self.remote_state(flags, Source::Network, now, etag));
-                Ok(self.succeeded())
-            }
-            Outcome::NotModified { etag } => {
-                tracing::debug!("flags not modified");
-                let now = self.config.wall_clock.now_ms();
-                if let Some(remote) = &mut self.remote {
-                    remote.source = Source::Network;
-                    remote.cache_timestamp = now;
-                    // The server may rotate its tag on a 304; the next request sends the new one.
-                    if etag.is_some() {
-                        remote.etag = etag;
-                    }
-                }
-                Ok(self.succeeded())
-            }
-            Outcome::Failed { error, retry_after } => {
-                self.failed(&error, retry_after);
-                Err(error)
-            }
-        };
-        for reply in std::mem::take(&mut self.waiting) {
-            let _ = reply.send(result.clone());
-        }
-        // Callers who asked during this fetch share the next one.
-        self.waiting = std::mem::take(&mut self.queued);
-        self.start_if_asked();
-    }
-
-    /// Publishes the new flags at once and asks for a save. "Fresh" waits for that save, so a
-    /// caller who stops on seeing it never loses the record; the loop does not.
-    fn succeeded(&mut self) -> Arc<Snapshot> {
-        self.backoff.reset();
-        self.rejection_logged = false;
-        self.stale_since = None;
-        self.not_before = None;
-        let snapshot = self.publish_remote();
-        let jitter = self.config.schedule_jitter * fastrand::f64();
-        self.schedule(self.config.fetch_interval.mul_f64(1.0 - jitter));
-        self.fetches += 1;
-        self.persist.mark_dirty();
-        if self.persist.saves_soon() {
-            self.fresh_after_save = Some(self.fetches);
-        } else {
-            self.set_status(Status::Fresh);
-        }
-        snapshot
-    }
-
-    fn saved(&mut self, saved: Result<(), Error>, fetches: u64) {
-        if let Err(error) = saved {
-            tracing::warn!(%error, "could not save the flag cache; flags stay in memory");
-        }
-        if self
-            .fresh_after_save
-            .is_some_and(|wanted| wanted <= fetches)
-        {
-            self.fresh_after_save = None;
-            self.set_status(Status::Fresh);
-        }
-    }
-
-    /// The next automatic fetch, `delay` from now; none when polling is off.
-    fn schedule(&mut self, delay: Duration) -> Option<Instant> {
-        self.next_fetch = self.config.polling.then(|| after(delay));
-        self.next_fetch
-    }
-
-    fn failed(&mut self, error: &Error, retry_after: Option<Duration>) {
-        self.fresh_after_save = None;
-        let mut delay = if error.is_permanent() {
-            // Retrying a 4xx soon cannot help: go straight to the cap, and say so once.
-            if !std::mem::replace(&mut self.rejection_logged, true) {
-                tracing::error!(%error, "flag fetch rejected; retrying at the backoff cap");
-            } else {
-                tracing::debug!(%error, "flag fetch rejected again");
-            }
-            self.backoff.next_at_cap()
-        } else {
-            tracing::warn!(%error, attempt = self.backoff.attempt() + 1, "flag fetch failed; serving the last good flags");
-            self.backoff.next().unwrap_or(self.config.backoff_cap())
-        };
-        if let Some(wait) = retry_after {
-            let wait = wait.min(self.config.fetch_interval);
-            self.not_before = Some((after(wait), self.config.wall_clock.now() + wait));
-            delay = delay.max(wait);
-        }
-        tracing::debug!(
-            attempt = self.backoff.attempt(),
-            delay_ms = delay.as_millis() as u64,
-            "next flag fetch scheduled"
-        );
-        let next = self.schedule(delay);
-        let since = *self
-            .stale_since
-            .get_or_insert_with(|| Instant::now().into_std());
-        self.set_status(Status::Stale {
-            since,
-            last_error: error.clone(),
-            next_retry: next.map(Instant::into_std),
-        });
-    }
-
-    /// When to look at the wall clock next: while fresh flags wait for their scheduled refresh,
-    /// which a suspended machine would put off.
-    fn wall_check_at(&self) -> Option<Instant> {
-        let waiting = self.enabled
-            && self.config.polling
-            && !self.starting
-            && self.in_flight.is_none()
-            && self.stale_since.is_none()
-            && self.remote.is_some();
-        waiting.then_some(self.next_wall_check)
-    }
-
-    /// Fetches at once when the flags expired by the wall clock: tokio's timers stop while the
-    /// machine sleeps, so after a suspend the scheduled refresh would come too late.
-    fn check_wall_clock(&mut self) {
-        self.next_wall_check = after(wall_check_period(&self.config));
-        let expired = self
-            .remote
-            .as_ref()
-            .is_some_and(|r| self.age(r.cache_timestamp) >= self.config.fetch_interval);
-        if expired && self.retry_window().is_none() {
-            tracing::debug!("flags expired by the wall clock (the machine slept?); fetching now");
-            self.start_fetch();
-        }
-    }
-
-    /// The last remote flags and the overrides held now, as the store keeps them (no fetch yet:
-    /// timestamp 0).
-    fn record(&self) -> CacheRecord {
-        let overrides = self.shared.read(|layers| layers.overrides().clone());
-        let mut record = match &self.remote {
-            Some(remote) => CacheRecord::new(
-                self.key.clone(),
-                remote.cache_timestamp,
-                remote.etag.clone(),
-                RawFlags::clone(&remote.flags),
-            ),
-            None => CacheRecord::new(self.key.clone(), 0, None, RawFlags::new()),
-        };
-        record.overrides = overrides;
-        record
     }
 
     /// Publishes the last remote flags, processed, under the defaults and over the overrides.

@@ -1,0 +1,149 @@
+//! What a fetch's outcome does: publish, schedule, back off, report; and the wall-clock check
+//! that catches flags that expired while the machine slept.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{after, wall_check_period, Poller};
+use crate::error::Error;
+use crate::fetch::Outcome;
+use crate::snapshot::{Snapshot, Source};
+use crate::status::Status;
+
+impl Poller {
+    pub(super) fn finish(&mut self, outcome: Outcome) {
+        let result = match outcome {
+            Outcome::Fetched { flags, etag } => {
+                tracing::debug!(flags = flags.len(), "fetched flags");
+                let now = self.config.wall_clock.now_ms();
+                self.remote = Some(self.remote_state(flags, Source::Network, now, etag));
+                Ok(self.succeeded())
+            }
+            Outcome::NotModified { etag } => {
+                tracing::debug!("flags not modified");
+                let now = self.config.wall_clock.now_ms();
+                if let Some(remote) = &mut self.remote {
+                    remote.source = Source::Network;
+                    remote.cache_timestamp = now;
+                    // The server may rotate its tag on a 304; the next request sends the new one.
+                    if etag.is_some() {
+                        remote.etag = etag;
+                    }
+                }
+                Ok(self.succeeded())
+            }
+            Outcome::Failed { error, retry_after } => {
+                self.failed(&error, retry_after);
+                Err(error)
+            }
+        };
+        for reply in std::mem::take(&mut self.waiting) {
+            let _ = reply.send(result.clone());
+        }
+        // Callers who asked during this fetch share the next one.
+        self.waiting = std::mem::take(&mut self.queued);
+        self.start_if_asked();
+    }
+
+    /// Publishes the new flags at once and asks for a save. "Fresh" waits for that save, so a
+    /// caller who stops on seeing it never loses the record; the loop does not.
+    pub(super) fn succeeded(&mut self) -> Arc<Snapshot> {
+        self.backoff.reset();
+        self.rejection_logged = false;
+        self.stale_since = None;
+        self.not_before = None;
+        let snapshot = self.publish_remote();
+        let jitter = self.config.schedule_jitter * fastrand::f64();
+        self.schedule(self.config.fetch_interval.mul_f64(1.0 - jitter));
+        self.fetches += 1;
+        self.persist.mark_dirty();
+        if self.persist.saves_soon() {
+            self.fresh_after_save = Some(self.fetches);
+        } else {
+            self.set_status(Status::Fresh);
+        }
+        snapshot
+    }
+
+    pub(super) fn saved(&mut self, saved: Result<(), Error>, fetches: u64) {
+        if let Err(error) = saved {
+            tracing::warn!(%error, "could not save the flag cache; flags stay in memory");
+        }
+        if self
+            .fresh_after_save
+            .is_some_and(|wanted| wanted <= fetches)
+        {
+            self.fresh_after_save = None;
+            self.set_status(Status::Fresh);
+        }
+    }
+
+    /// The next automatic fetch, `delay` from now; none when polling is off.
+    pub(super) fn schedule(&mut self, delay: Duration) -> Option<Instant> {
+        self.next_fetch = self.config.polling.then(|| after(delay));
+        self.next_fetch
+    }
+
+    pub(super) fn failed(&mut self, error: &Error, retry_after: Option<Duration>) {
+        self.fresh_after_save = None;
+        let mut delay = if error.is_permanent() {
+            // Retrying a 4xx soon cannot help: go straight to the cap, and say so once.
+            if !std::mem::replace(&mut self.rejection_logged, true) {
+                tracing::error!(%error, "flag fetch rejected; retrying at the backoff cap");
+            } else {
+                tracing::debug!(%error, "flag fetch rejected again");
+            }
+            self.backoff.next_at_cap()
+        } else {
+            tracing::warn!(%error, attempt = self.backoff.attempt() + 1, "flag fetch failed; serving the last good flags");
+            self.backoff.next().unwrap_or(self.config.backoff_cap())
+        };
+        if let Some(wait) = retry_after {
+            let wait = wait.min(self.config.fetch_interval);
+            self.not_before = Some((after(wait), self.config.wall_clock.now() + wait));
+            delay = delay.max(wait);
+        }
+        tracing::debug!(
+            attempt = self.backoff.attempt(),
+            delay_ms = delay.as_millis() as u64,
+            "next flag fetch scheduled"
+        );
+        let next = self.schedule(delay);
+        let since = *self
+            .stale_since
+            .get_or_insert_with(|| Instant::now().into_std());
+        self.set_status(Status::Stale {
+            since,
+            last_error: error.clone(),
+            next_retry: next.map(Instant::into_std),
+        });
+    }
+
+    /// When to look at the wall clock next: while fresh flags wait for their scheduled refresh,
+    /// which a suspended machine would put off.
+    pub(super) fn wall_check_at(&self) -> Option<Instant> {
+        let waiting = self.enabled
+            && self.config.polling
+            && !self.starting
+            && self.in_flight.is_none()
+            && self.stale_since.is_none()
+            && self.remote.is_some();
+        waiting.then_some(self.next_wall_check)
+    }
+
+    /// Fetches at once when the flags expired by the wall clock: tokio's timers stop while the
+    /// machine sleeps, so after a suspend the scheduled refresh would come too late.
+    pub(super) fn check_wall_clock(&mut self) {
+        self.next_wall_check = after(wall_check_period(&self.config));
+        let expired = self
+            .remote
+            .as_ref()
+            .is_some_and(|r| self.age(r.cache_timestamp) >= self.config.fetch_interval);
+        if expired && self.retry_window().is_none() {
+            tracing::debug!("flags expired by the wall clock (the machine slept?); fetching now");
+            self.start_fetch();
+        }
+    }
+}
