@@ -159,6 +159,10 @@ impl Poller {
                     self.drain_commands();
                     if self.in_flight.take().is_some() {
                         self.finish(outcome);
+                    } else {
+                        // Disabled and enabled again meanwhile: refreshes asked since then
+                        // need a fetch of their own.
+                        self.start_if_asked();
                     }
                 }
                 Event::Command(Some(command)) => {
