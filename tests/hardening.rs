@@ -112,6 +112,49 @@ async fn a_hung_save_never_delays_disable_and_no_request_starts_after_it() {
     assert_eq!(store.inner.get().unwrap().overrides["o"], json!(true));
 }
 
+/// A change whose save had not started when the poller stopped still reaches the store, after
+/// the save that was running (which must not overwrite it with older data).
+#[tokio::test(start_paused = true)]
+async fn a_change_not_yet_saved_at_shutdown_is_saved_after_the_running_save() {
+    let store = GatedStore::saves_gated();
+    let _open = store.open_on_drop();
+    let transport = ScriptedTransport::new();
+    transport.set(ScriptedResponse::json(&json!({"a": 1})));
+    let flags = Flags::builder()
+        .transport(transport)
+        .store(store.clone())
+        .build()
+        .unwrap();
+    within("the fetch's save", HOUR, store.save.entered.notified()).await;
+    let saved = tokio::spawn(flags.set_override("late", true));
+    yield_until(10, || false).await;
+    within("shutdown", secs(1), flags.shutdown()).await;
+    assert!(store.inner.get().is_none(), "the first save still blocks");
+    store.open();
+    // Both saves run on the blocking pool, in order; wait for each to finish.
+    for _ in 0..2 {
+        within("a save", HOUR, store.save.finished.notified()).await;
+        if store
+            .inner
+            .get()
+            .is_some_and(|r| r.overrides.contains_key("late"))
+        {
+            break;
+        }
+    }
+    let record = store.inner.get().expect("saved");
+    assert_eq!(
+        record.overrides["late"],
+        json!(true),
+        "the last change was lost"
+    );
+    assert_eq!(record.flags["a"], json!(1));
+    assert!(
+        matches!(saved.await.unwrap(), Ok(())),
+        "the caller gets the store's answer"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_hung_load_never_delays_disable_refresh_or_shutdown() {
     let store = GatedStore::default();
@@ -338,7 +381,13 @@ async fn a_failed_load_is_retried_and_nothing_is_written_over_the_record_until_i
     // The poller fetches without its cache; the record stays as it was.
     wait_status(&flags, "fresh", HOUR, Status::is_fresh).await;
     assert_eq!(flags.get_str("v").as_deref(), Some("fetched"));
-    let answer = flags.set_override("new", 1).await;
+    // Answered at once with the load error, not when the next load is due.
+    let answer = within(
+        "the override's answer",
+        Duration::from_millis(1),
+        flags.set_override("new", 1),
+    )
+    .await;
     assert!(
         matches!(answer, Err(Error::Store { .. })),
         "saved over an unread record: {answer:?}"
