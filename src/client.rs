@@ -11,11 +11,12 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::config::{Config, FlagsBuilder};
+use crate::config::Config;
 use crate::error::Error;
 use crate::key::FlagKey;
-use crate::layers::{Layers, OverrideOp, Shared};
+use crate::layers::{Layers, OverrideOp};
 use crate::poller::{Command, Poller};
+use crate::shared::Shared;
 use crate::snapshot::{Snapshot, Source};
 use crate::status::Status;
 use crate::store::Store;
@@ -26,7 +27,7 @@ use crate::transport::Transport;
 /// Reads (`get_*`, [`snapshot`](Self::snapshot)) are plain synchronous calls: they load the
 /// current [`Snapshot`] from an `ArcSwap` and never await, lock or (for scalars) allocate, so
 /// they are safe on any hot path and in any thread. One background task, spawned by
-/// [`FlagsBuilder::build`], does all I/O.
+/// [`FlagsBuilder::build`](crate::FlagsBuilder::build), does all I/O.
 ///
 /// The poller stops when [`shutdown`](Self::shutdown) is called, the cancellation token given to
 /// the builder is cancelled, or the last clone of the handle is dropped. Reads keep serving the
@@ -38,7 +39,7 @@ use crate::transport::Transport;
 /// # impl Transport for Api {
 /// #     fn send(&self, _: Request) -> BoxFuture<'static, Result<Response, Error>> {
 /// #         let body = br#"[{"beta": true}, {"banner": "hi"}, {"max": 3}]"#.to_vec();
-/// #         Box::pin(async move { Ok(Response::new(200, Default::default(), body)) })
+/// #         Box::pin(async move { Ok(Response::new(http::StatusCode::OK, Default::default(), body)) })
 /// #     }
 /// # }
 /// # #[tokio::main(flavor = "current_thread")]
@@ -74,7 +75,7 @@ struct Inner {
 
 impl fmt::Debug for Flags {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let snapshot = self.inner.shared.current.load();
+        let snapshot = self.inner.shared.load();
         f.debug_struct("Flags")
             .field("source", &snapshot.source())
             .field("flags", &snapshot.len())
@@ -84,11 +85,6 @@ impl fmt::Debug for Flags {
 }
 
 impl Flags {
-    /// Starts configuring a handle; see [`FlagsBuilder`] for every setting and its default.
-    pub fn builder() -> FlagsBuilder {
-        FlagsBuilder::default()
-    }
-
     pub(crate) fn start(
         config: Config,
         transport: Arc<dyn Transport>,
@@ -130,12 +126,12 @@ impl Flags {
     /// The current snapshot: one consistent view of every flag, to keep as long as needed.
     /// See [`Snapshot`] for an example.
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.inner.shared.current.load_full()
+        self.inner.shared.load_full()
     }
 
     // Reads go through a short-lived guard: no reference count is touched and nothing allocates.
     fn with<T>(&self, read: impl FnOnce(&Snapshot) -> T) -> T {
-        read(&self.inner.shared.current.load())
+        read(&self.inner.shared.load())
     }
 
     /// The flag as a boolean; `None` when absent or of another type.
@@ -288,7 +284,7 @@ impl Flags {
     /// # impl Transport for Api {
     /// #     fn send(&self, _: Request) -> BoxFuture<'static, Result<Response, Error>> {
     /// #         let body = br#"[{"beta": true}, {"banner": "hi"}, {"max": 3}]"#.to_vec();
-    /// #         Box::pin(async move { Ok(Response::new(200, Default::default(), body)) })
+    /// #         Box::pin(async move { Ok(Response::new(http::StatusCode::OK, Default::default(), body)) })
     /// #     }
     /// # }
     /// # #[tokio::main(flavor = "current_thread")]
@@ -328,7 +324,7 @@ impl Flags {
     /// # impl Transport for Api {
     /// #     fn send(&self, _: Request) -> BoxFuture<'static, Result<Response, Error>> {
     /// #         let body = br#"[{"beta": true}, {"banner": "hi"}, {"max": 3}]"#.to_vec();
-    /// #         Box::pin(async move { Ok(Response::new(200, Default::default(), body)) })
+    /// #         Box::pin(async move { Ok(Response::new(http::StatusCode::OK, Default::default(), body)) })
     /// #     }
     /// # }
     /// # #[tokio::main(flavor = "current_thread")]
@@ -449,7 +445,7 @@ impl Flags {
     /// # struct Api; // a stand-in for the flag service
     /// # impl Transport for Api {
     /// #     fn send(&self, _: Request) -> BoxFuture<'static, Result<Response, Error>> {
-    /// #         Box::pin(async { Ok(Response::new(200, Default::default(), br#"{"beta":true}"#.to_vec())) })
+    /// #         Box::pin(async { Ok(Response::new(http::StatusCode::OK, Default::default(), br#"{"beta":true}"#.to_vec())) })
     /// #     }
     /// # }
     /// # #[tokio::main(flavor = "current_thread")]
@@ -479,7 +475,7 @@ impl Flags {
     /// # impl Transport for Api {
     /// #     fn send(&self, _: Request) -> BoxFuture<'static, Result<Response, Error>> {
     /// #         let body = br#"[{"beta": true}, {"banner": "hi"}, {"max": 3}]"#.to_vec();
-    /// #         Box::pin(async move { Ok(Response::new(200, Default::default(), body)) })
+    /// #         Box::pin(async move { Ok(Response::new(http::StatusCode::OK, Default::default(), body)) })
     /// #     }
     /// # }
     /// # #[tokio::main(flavor = "current_thread")]
@@ -491,7 +487,7 @@ impl Flags {
     /// # Ok(()) }
     /// ```
     pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
-        self.inner.shared.snapshots.subscribe()
+        self.inner.shared.subscribe()
     }
 
     /// The poller's status now.
@@ -509,12 +505,12 @@ impl Flags {
     /// # Ok(()) }
     /// ```
     pub fn status(&self) -> Status {
-        self.inner.shared.status.borrow().clone()
+        self.inner.shared.status()
     }
 
     /// A receiver of every status change.
     pub fn status_receiver(&self) -> watch::Receiver<Status> {
-        self.inner.shared.status.subscribe()
+        self.inner.shared.subscribe_status()
     }
 
     /// Waits until remote flags (from the network or the cache) are served, for at most

@@ -175,9 +175,16 @@ impl Error {
     /// True for failures that retrying the same request cannot fix soon: 4xx answers other
     /// than 408 and 429. The poller backs off straight to its cap on these.
     pub fn is_permanent(&self) -> bool {
-        self.status()
-            .is_some_and(|s| !crate::request::is_retryable_status(s))
+        self.status().is_some_and(|s| !is_retryable_status(s))
     }
+}
+
+/// The retry policy for an HTTP status: 408, 429 and 5xx are retryable; other 4xx are not.
+/// Anything outside 4xx/5xx that is treated as a failure (an unfollowed redirect, an unexpected
+/// 304) is retried as a transient oddity. Pure, so it sits here with the error it classifies and
+/// below everything that asks it (the request rules, the poller).
+pub(crate) fn is_retryable_status(status: u16) -> bool {
+    !matches!(status, 400..=499) || matches!(status, 408 | 429)
 }
 
 /// A string value that is not one of an enum's accepted names, from `FromStr` on
@@ -198,4 +205,34 @@ pub struct UnknownValue {
     pub value: String,
     /// The accepted names.
     pub expected: &'static [&'static str],
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retryable_status_table() {
+        let table = [
+            (301, true),
+            (304, true),
+            (400, false),
+            (401, false),
+            (403, false),
+            (404, false),
+            (408, true),
+            (429, true),
+            (500, true),
+            (503, true),
+            (599, true),
+        ];
+        for (status, retryable) in table {
+            assert_eq!(is_retryable_status(status), retryable, "{status}");
+            assert_eq!(
+                Error::Http { status }.is_permanent(),
+                !retryable,
+                "{status}"
+            );
+        }
+    }
 }

@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use reqwest::header::HeaderMap;
-use reqwest::Url;
+use http::HeaderMap;
 use tokio::time::Instant;
 use tracing::field::Empty;
 use tracing::Instrument;
+use url::Url;
 
 use crate::config::Config;
 use crate::error::Error;
@@ -79,7 +79,7 @@ pub(crate) fn fetch(
             Ok(Ok(Ok(response))) => response,
         };
         tracing::Span::current()
-            .record("status", response.status)
+            .record("status", response.status.as_u16())
             .record("bytes", response.body.len() as u64);
         // Every transport gets the same limit, whether or not it enforces it itself.
         if response.body.len() > limit {
@@ -128,7 +128,7 @@ fn outcome(response: Response, had_etag: bool, clock: &crate::clock::WallClock) 
         },
         _ => Outcome::Failed {
             error: Error::Http {
-                status: response.status,
+                status: response.status.as_u16(),
             },
             retry_after: request::retry_after(response.status, &response.headers, clock.now()),
         },

@@ -1,16 +1,13 @@
-//! The layers a snapshot is built from (defaults < processed remote < overrides) and the one
-//! place that publishes snapshots, shared by the poller and the handles.
+//! The layers a snapshot is built from (defaults < processed remote < overrides). Plain data:
+//! publishing them is [`shared`](crate::shared)'s job.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use serde_json::{Map, Value};
-use tokio::sync::watch;
 
 use crate::rollout::Processed;
 use crate::snapshot::{Snapshot, Source};
-use crate::status::Status;
 
 /// The remote flags as served (already processed), with their provenance.
 #[derive(Debug, Clone)]
@@ -93,63 +90,5 @@ fn apply(overrides: &mut Map<String, Value>, op: OverrideOp) {
             overrides.remove(&name);
         }
         OverrideOp::Clear => overrides.clear(),
-    }
-}
-
-/// What the poller publishes and the handles read.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub(crate) current: ArcSwap<Snapshot>,
-    pub(crate) snapshots: watch::Sender<Arc<Snapshot>>,
-    pub(crate) status: watch::Sender<Status>,
-    layers: Mutex<Layers>,
-}
-
-impl Shared {
-    pub(crate) fn new(layers: Layers, status: Status) -> Self {
-        let initial = Arc::new(layers.snapshot());
-        Shared {
-            current: ArcSwap::new(Arc::clone(&initial)),
-            snapshots: watch::Sender::new(initial),
-            status: watch::Sender::new(status),
-            layers: Mutex::new(layers),
-        }
-    }
-
-    /// Changes the layers and publishes the snapshot they make. Writers hold the lock through the
-    /// publish, so snapshots are published in the order the changes were made; readers never
-    /// take it.
-    pub(crate) fn update(&self, change: impl FnOnce(&mut Layers)) -> Arc<Snapshot> {
-        let mut layers = self.layers.lock().unwrap_or_else(|e| e.into_inner());
-        change(&mut layers);
-        self.publish(layers.snapshot())
-    }
-
-    /// Publishes to readers and subscribers. A snapshot that serves the same flag names as the
-    /// current one takes over its layout first, so that pre-resolved
-    /// [`FlagKey`](crate::FlagKey)s stay resolved. Outside [`update`](Self::update) only for the
-    /// benchmark hooks, which publish without layers.
-    pub(crate) fn publish(&self, mut snapshot: Snapshot) -> Arc<Snapshot> {
-        snapshot.share_layout(&self.current.load());
-        let snapshot = Arc::new(snapshot);
-        self.store(Arc::clone(&snapshot));
-        snapshot
-    }
-
-    /// Publishes a snapshot as it is.
-    pub(crate) fn store(&self, snapshot: Arc<Snapshot>) {
-        self.current.store(Arc::clone(&snapshot));
-        // A change that alters nothing visible (a fetch that only renews the timestamp) updates
-        // the value without waking anyone.
-        self.snapshots.send_if_modified(|current| {
-            let changed = !current.same_content(&snapshot);
-            *current = snapshot;
-            changed
-        });
-    }
-
-    /// Reads the layers without publishing.
-    pub(crate) fn read<T>(&self, read: impl FnOnce(&Layers) -> T) -> T {
-        read(&self.layers.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }

@@ -83,6 +83,31 @@
 //!   [`Flags::set_enabled`] are commands sent to the poller; dropping the last handle, calling
 //!   [`Flags::shutdown`] or cancelling the [`CancellationToken`] stops the poller.
 //!
+//! ## Modules
+//!
+//! One job per module, in layers: a module imports only from the layers below it, and the
+//! import graph has no cycles. Modules are private; what they export is re-exported here.
+//!
+//! | layer | module | job |
+//! |---|---|---|
+//! | face | `lib` | re-exports, these docs, `#![forbid(unsafe_code)]` |
+//! | handle | `client` | [`Flags`]: reads, refresh, overrides, subscriptions, status, shutdown; starts the poller |
+//! | | `builder` | [`FlagsBuilder`]: collects settings, validates them, picks the transport, builds |
+//! | | `openfeature` | `FlagpoleProvider` (feature `openfeature`) |
+//! | | `hooks` | publishing without the poller, for benches and tests (feature `test-util`, hidden) |
+//! | writer | `poller` | the one task that does I/O: event loop, cache load and save, outcomes |
+//! | | `fetch` | one request through the transport into an outcome (parsed flags, 304, error) |
+//! | | `shared` | the publishing hub: `ArcSwap` for reads, `watch` channels, the layers lock; private fields, methods only |
+//! | edges | `transport` | [`Transport`], [`Request`], [`Response`], [`HttpTransport`], `ScriptedTransport` |
+//! | | `request` | the URL, the headers, `ETag`, `Retry-After`, status classes |
+//! | | `store` | [`Store`], [`FileStore`], [`MemoryStore`], [`CacheRecord`] |
+//! | read model | `snapshot`, `table`, `key` | the immutable [`Snapshot`] readers see, its flag table, [`FlagKey`] |
+//! | | `layers` | the data a snapshot is built from: defaults < processed remote < overrides |
+//! | ground | `config` | [`Client`], [`Distribution`], [`Environment`], the builder's settings, validation into the poller's configuration, the cache key |
+//! | | `defaults` | the `DEFAULT_*` constants and [`USER_AGENT`] |
+//! | | `error` | [`Error`], [`UnknownValue`], the retry policy for HTTP statuses |
+//! | | `parse`, `rollout`, `backoff`, `clock`, `status` | the wire format, MetaMask processing, retry delays, wall time, [`Status`] |
+//!
 //! # Cargo features
 //!
 //! | feature | default | adds |
@@ -121,9 +146,11 @@
 )]
 
 mod backoff;
+mod builder;
 mod client;
 mod clock;
 mod config;
+mod defaults;
 mod error;
 mod fetch;
 #[cfg(feature = "test-util")]
@@ -137,17 +164,19 @@ mod parse;
 mod poller;
 mod request;
 mod rollout;
+mod shared;
 mod snapshot;
 mod status;
 mod store;
 mod table;
 mod transport;
 
+pub use builder::FlagsBuilder;
 pub use client::Flags;
-pub use config::{
-    Client, Distribution, Environment, FlagsBuilder, DEFAULT_BACKOFF_INITIAL, DEFAULT_BACKOFF_MAX,
-    DEFAULT_BASE_URL, DEFAULT_FETCH_INTERVAL, DEFAULT_MAX_BODY_BYTES, DEFAULT_SCHEDULE_JITTER,
-    DEFAULT_TIMEOUT, USER_AGENT,
+pub use config::{Client, Distribution, Environment};
+pub use defaults::{
+    DEFAULT_BACKOFF_INITIAL, DEFAULT_BACKOFF_MAX, DEFAULT_BASE_URL, DEFAULT_FETCH_INTERVAL,
+    DEFAULT_MAX_BODY_BYTES, DEFAULT_SCHEDULE_JITTER, DEFAULT_TIMEOUT, USER_AGENT,
 };
 pub use error::{Error, UnknownValue};
 pub use key::FlagKey;

@@ -2,12 +2,12 @@
 
 use std::time::{Duration, SystemTime};
 
-use reqwest::header::{
-    HeaderMap, HeaderValue, ACCEPT, ETAG, IF_NONE_MATCH, RETRY_AFTER, USER_AGENT,
-};
-use reqwest::Url;
+use http::header::{HeaderMap, HeaderValue, ACCEPT, ETAG, IF_NONE_MATCH, RETRY_AFTER, USER_AGENT};
+use http::StatusCode;
+use url::Url;
 
 use crate::config::Config;
+use crate::error::is_retryable_status;
 use crate::transport::Request;
 
 /// `{base}/flags?client=..&distribution=..&environment=..[&user=..]`, percent-encoded.
@@ -67,19 +67,13 @@ pub(crate) enum StatusClass {
     Permanent,
 }
 
-pub(crate) fn classify(status: u16) -> StatusClass {
-    match status {
+pub(crate) fn classify(status: StatusCode) -> StatusClass {
+    match status.as_u16() {
         304 => StatusClass::NotModified,
         200..=299 => StatusClass::Success,
         s if is_retryable_status(s) => StatusClass::Retryable,
         _ => StatusClass::Permanent,
     }
-}
-
-/// 408, 429 and 5xx are retryable; other 4xx are not. Anything outside 4xx/5xx that reaches here
-/// (an unfollowed redirect, say) is retried as a transient oddity.
-pub(crate) fn is_retryable_status(status: u16) -> bool {
-    !matches!(status, 400..=499) || matches!(status, 408 | 429)
 }
 
 /// The entity tag to send back as `If-None-Match`.
@@ -94,8 +88,12 @@ pub(crate) fn etag(headers: &HeaderMap) -> Option<String> {
 
 /// `Retry-After` as a delay from `now`: delta-seconds or an HTTP date. Only 429 and 503 carry a
 /// meaningful one (RFC 9110); a past date means "now".
-pub(crate) fn retry_after(status: u16, headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
-    if !matches!(status, 429 | 503) {
+pub(crate) fn retry_after(
+    status: StatusCode,
+    headers: &HeaderMap,
+    now: SystemTime,
+) -> Option<Duration> {
+    if !matches!(status.as_u16(), 429 | 503) {
         return None;
     }
     let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
@@ -170,7 +168,7 @@ mod tests {
         assert!(r.headers.get(IF_NONE_MATCH).is_none());
         let r = build(&c, &url, Some("\"v1\""));
         assert_eq!(r.headers[IF_NONE_MATCH], "\"v1\"");
-        assert_eq!(r.headers[USER_AGENT], crate::config::USER_AGENT);
+        assert_eq!(r.headers[USER_AGENT], crate::defaults::USER_AGENT);
     }
 
     #[test]
@@ -191,7 +189,7 @@ mod tests {
         assert_eq!(r.headers[ACCEPT], "application/vnd.flags+json");
         assert_eq!(
             r.headers[USER_AGENT],
-            format!("app/1 {}", crate::config::USER_AGENT).as_str()
+            format!("app/1 {}", crate::defaults::USER_AGENT).as_str()
         );
         // Accept, User-Agent, x-api-key, If-None-Match were set before the hook ran.
         assert_eq!(r.headers["x-seen"], "4");
@@ -217,7 +215,11 @@ mod tests {
             (504, StatusClass::Retryable),
         ];
         for (status, class) in table {
-            assert_eq!(classify(status), class, "{status}");
+            assert_eq!(
+                classify(StatusCode::from_u16(status).unwrap()),
+                class,
+                "{status}"
+            );
         }
     }
 
@@ -226,17 +228,35 @@ mod tests {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let mut h = HeaderMap::new();
         h.insert(RETRY_AFTER, HeaderValue::from_static("7"));
-        assert_eq!(retry_after(429, &h, now), Some(Duration::from_secs(7)));
-        assert_eq!(retry_after(503, &h, now), Some(Duration::from_secs(7)));
-        assert_eq!(retry_after(500, &h, now), None);
+        assert_eq!(
+            retry_after(StatusCode::from_u16(429).unwrap(), &h, now),
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(
+            retry_after(StatusCode::from_u16(503).unwrap(), &h, now),
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(
+            retry_after(StatusCode::from_u16(500).unwrap(), &h, now),
+            None
+        );
         let date = httpdate::fmt_http_date(now + Duration::from_secs(90));
         h.insert(RETRY_AFTER, HeaderValue::from_str(&date).unwrap());
-        assert_eq!(retry_after(503, &h, now), Some(Duration::from_secs(90)));
+        assert_eq!(
+            retry_after(StatusCode::from_u16(503).unwrap(), &h, now),
+            Some(Duration::from_secs(90))
+        );
         let past = httpdate::fmt_http_date(now - Duration::from_secs(90));
         h.insert(RETRY_AFTER, HeaderValue::from_str(&past).unwrap());
-        assert_eq!(retry_after(503, &h, now), Some(Duration::ZERO));
+        assert_eq!(
+            retry_after(StatusCode::from_u16(503).unwrap(), &h, now),
+            Some(Duration::ZERO)
+        );
         h.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
-        assert_eq!(retry_after(429, &h, now), None);
+        assert_eq!(
+            retry_after(StatusCode::from_u16(429).unwrap(), &h, now),
+            None
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flagpole::{Flags, USER_AGENT};
-use reqwest::header::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderValue};
 use support::{closed_port_base, requests};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};

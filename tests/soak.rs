@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use flagpole::{BoxFuture, Error, Flags, FlagsBuilder, MemoryStore, Request, Response};
 use flagpole::{Snapshot, Source, Transport};
-use reqwest::header::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderValue, StatusCode};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -349,7 +349,11 @@ impl Transport for Flipping {
             if let Some(etag) = etag {
                 headers.insert("etag", HeaderValue::from_str(&etag).unwrap());
             }
-            Ok(Response::new(status, headers, body))
+            Ok(Response::new(
+                StatusCode::from_u16(status).unwrap(),
+                headers,
+                body,
+            ))
         })
     }
 }

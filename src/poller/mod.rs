@@ -11,18 +11,19 @@ mod persist;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use reqwest::Url;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use url::Url;
 
 use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::error::Error;
 use crate::fetch::{fetch, Outcome};
-use crate::layers::{RemoteLayer, Shared};
+use crate::layers::RemoteLayer;
 use crate::parse::RawFlags;
 use crate::rollout::Processed;
+use crate::shared::Shared;
 use crate::snapshot::{Snapshot, Source};
 use crate::status::Status;
 use crate::store::Store;
@@ -262,7 +263,7 @@ impl Poller {
         let etag = self.remote.as_ref().and_then(|r| r.etag.as_deref());
         // Only the poller changes the remote layer (overrides keep the source), so the source
         // served now is what a failure leaves served.
-        let served = self.shared.current.load().source();
+        let served = self.shared.load().source();
         self.in_flight = Some(fetch(
             &self.config,
             &self.url,
@@ -284,19 +285,7 @@ impl Poller {
     }
 
     fn set_status(&self, status: Status) {
-        self.shared.status.send_if_modified(|current| {
-            let changed = !matches!(
-                (&*current, &status),
-                (Status::Initializing, Status::Initializing)
-                    | (Status::Fresh, Status::Fresh)
-                    | (Status::Disabled, Status::Disabled)
-                    | (Status::Stopped, Status::Stopped)
-            );
-            if changed {
-                *current = status;
-            }
-            changed
-        });
+        self.shared.set_status(status);
     }
 
     /// How old a timestamp is by the wall clock; one from the future counts as brand new.

@@ -21,7 +21,7 @@ pub use file::FileStore;
 /// # struct Api;
 /// # impl Transport for Api {
 /// #     fn send(&self, _: Request) -> BoxFuture<'static, Result<Response, Error>> {
-/// #         Box::pin(async { Ok(Response::new(200, Default::default(), br#"{"beta":true}"#.to_vec())) })
+/// #         Box::pin(async { Ok(Response::new(http::StatusCode::OK, Default::default(), br#"{"beta":true}"#.to_vec())) })
 /// #     }
 /// # }
 /// let store = flagpole::MemoryStore::new();

@@ -1,6 +1,6 @@
 use std::fmt;
 
-use reqwest::header::CONTENT_LENGTH;
+use http::header::CONTENT_LENGTH;
 
 use super::{BoxFuture, Request, Response, Transport};
 use crate::error::Error;
@@ -43,7 +43,7 @@ impl HttpTransport {
     /// [`Error::Config`] when the TLS backend cannot be initialised.
     pub fn new() -> Result<Self, Error> {
         let client = reqwest::Client::builder()
-            .user_agent(crate::config::USER_AGENT)
+            .user_agent(crate::defaults::USER_AGENT)
             .build()
             .map_err(|e| Error::config(format!("cannot build the HTTP client: {e}")))?;
         Ok(HttpTransport { client })
@@ -66,7 +66,7 @@ impl Transport for HttpTransport {
                 .send()
                 .await
                 .map_err(map_reqwest)?;
-            let status = response.status().as_u16();
+            let status = response.status();
             let headers = std::mem::take(response.headers_mut());
             // A declared length over the limit fails before a single body byte is read.
             let declared = headers

@@ -9,8 +9,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use reqwest::header::HeaderMap;
-use reqwest::Url;
+use ::http::{HeaderMap, StatusCode};
+use url::Url;
 
 use crate::error::Error;
 
@@ -30,7 +30,7 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// Its `Debug` output hides the `user=` parameter (the profile id), so a transport may log it.
 ///
 /// ```
-/// let url = reqwest::Url::parse("https://api.example/v1/flags?client=mobile&user=id-42").unwrap();
+/// let url = url::Url::parse("https://api.example/v1/flags?client=mobile&user=id-42").unwrap();
 /// let request = flagpole::Request::new(url);
 /// assert_eq!(request.max_body_bytes, flagpole::DEFAULT_MAX_BODY_BYTES);
 /// assert!(!format!("{request:?}").contains("id-42"));
@@ -57,8 +57,8 @@ impl Request {
         Request {
             url,
             headers: HeaderMap::new(),
-            max_body_bytes: crate::config::DEFAULT_MAX_BODY_BYTES,
-            timeout: crate::config::DEFAULT_TIMEOUT,
+            max_body_bytes: crate::defaults::DEFAULT_MAX_BODY_BYTES,
+            timeout: crate::defaults::DEFAULT_TIMEOUT,
         }
     }
 }
@@ -93,14 +93,17 @@ impl std::fmt::Debug for Request {
 /// What the server answered: any status (the poller classifies it), headers, and the whole body.
 ///
 /// ```
-/// let response = flagpole::Response::new(200, Default::default(), br#"{"beta":true}"#.to_vec());
-/// assert_eq!(response.status, 200);
+/// use http::StatusCode;
+///
+/// let response = flagpole::Response::new(StatusCode::OK, Default::default(), br#"{"beta":true}"#.to_vec());
+/// assert_eq!(response.status, StatusCode::OK);
+/// assert_eq!(response.status, 200); // `StatusCode` compares with a `u16`
 /// ```
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Response {
     /// The HTTP status code.
-    pub status: u16,
+    pub status: StatusCode,
     /// The response headers (`ETag`, `Retry-After` are read).
     pub headers: HeaderMap,
     /// The body, at most `max_body_bytes` long.
@@ -109,7 +112,7 @@ pub struct Response {
 
 impl Response {
     /// A response from its parts.
-    pub fn new(status: u16, headers: HeaderMap, body: Vec<u8>) -> Self {
+    pub fn new(status: StatusCode, headers: HeaderMap, body: Vec<u8>) -> Self {
         Response {
             status,
             headers,
@@ -137,7 +140,7 @@ impl Response {
 ///             if body.len() > request.max_body_bytes {
 ///                 return Err(Error::TooLarge { limit: request.max_body_bytes });
 ///             }
-///             Ok(Response::new(200, Default::default(), body))
+///             Ok(Response::new(http::StatusCode::OK, Default::default(), body))
 ///         })
 ///     }
 /// }

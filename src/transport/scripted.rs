@@ -3,7 +3,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
 use super::{BoxFuture, Request, Response, Transport};
 use crate::error::Error;
@@ -29,12 +29,20 @@ pub struct ScriptedResponse {
 
 impl ScriptedResponse {
     /// A response with this status and an empty body.
+    ///
+    /// # Panics
+    /// When `status` is not a valid HTTP status code (100 to 999).
     pub fn status(status: u16) -> Self {
         Self::body(status, Vec::new())
     }
 
-    /// A response with this status and raw body bytes.
+    /// A response with this status and raw body bytes. The status is a plain number so that
+    /// scripts stay short (`ScriptedResponse::status(503)`).
+    ///
+    /// # Panics
+    /// When `status` is not a valid HTTP status code (100 to 999).
     pub fn body(status: u16, body: impl Into<Vec<u8>>) -> Self {
+        let status = StatusCode::from_u16(status).expect("a valid HTTP status code");
         ScriptedResponse {
             outcome: Ok(Response::new(status, HeaderMap::new(), body.into())),
             delay: Duration::ZERO,
