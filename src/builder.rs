@@ -13,6 +13,7 @@ use crate::client::Flags;
 use crate::clock::WallClock;
 use crate::config::{non_empty, Client, Distribution, Environment, HeaderHook, Settings};
 use crate::error::Error;
+use crate::runtime::Runtime;
 use crate::store::Store;
 use crate::transport::{HttpTransport, Transport};
 
@@ -350,19 +351,17 @@ impl FlagsBuilder {
         self
     }
 
-    /// Checks the configuration, loads nothing yet, and spawns the poller on the current tokio
-    /// runtime. The returned handle serves defaults until the store or the network answers.
+    /// Checks the configuration, loads nothing yet, and starts the poller: as a task on the
+    /// current tokio runtime, or, called outside one, on a thread of its own (named `flagpole`,
+    /// with a single-threaded runtime) that ends when the poller stops. The returned handle
+    /// serves defaults until the store or the network answers.
     ///
     /// # Errors
     /// [`Error::Config`] for a zero interval or timeout, a bad base URL, a jitter outside 0..=1,
-    /// a zero body limit, an invalid client version, or no tokio runtime.
+    /// a zero body limit, an invalid client version, or a runtime that cannot be started.
     pub fn build(self) -> Result<Flags, Error> {
         let config = self.settings.validate()?;
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
-            Error::config(
-                "build() must be called inside a tokio runtime (the poller is spawned on it)",
-            )
-        })?;
+        let runtime = Runtime::current_or_own()?;
         let transport = match self.transport {
             Some(t) => t,
             None => Arc::new(match self.http_client {
@@ -375,7 +374,7 @@ impl FlagsBuilder {
             transport,
             self.store,
             self.token.unwrap_or_default(),
-            &runtime,
+            runtime,
         ))
     }
 
@@ -460,8 +459,17 @@ mod tests {
     }
 
     #[test]
-    fn build_outside_a_runtime_is_a_config_error() {
-        let err = Flags::builder().enabled(false).build().unwrap_err();
-        assert!(err.to_string().contains("tokio runtime"), "{err}");
+    fn build_outside_a_runtime_runs_the_poller_on_its_own_thread() {
+        let flags = Flags::builder().enabled(false).build().unwrap();
+        let mut status = flags.status_receiver();
+        drop(flags.shutdown());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !status.borrow_and_update().is_stopped() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the thread's poller never stopped"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
 }

@@ -1,7 +1,6 @@
 //! The public handle: reads, refresh, subscriptions, status, shutdown.
 
 use std::fmt;
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,6 +15,8 @@ use crate::error::Error;
 use crate::key::FlagKey;
 use crate::layers::{Layers, OverrideOp};
 use crate::poller::{Command, Poller};
+use crate::reply::{Refresh, Saved, SetEnabled, Shutdown};
+use crate::runtime::Runtime;
 use crate::shared::Shared;
 use crate::snapshot::{Snapshot, Source};
 use crate::status::Status;
@@ -66,8 +67,16 @@ pub struct Flags {
 
 struct Inner {
     shared: Arc<Shared>,
+    /// None for a handle of [fixed](Flags::fixed) values: there is no poller.
+    poller: Option<Link>,
+}
+
+/// The way to the poller.
+struct Link {
     commands: mpsc::UnboundedSender<Command>,
     token: CancellationToken,
+    /// The poller's task on the caller's runtime; `None` once taken by a `shutdown`, and on a
+    /// dedicated thread (whose end shows as the `Stopped` status).
     task: Mutex<Option<JoinHandle<()>>>,
     // Cancels the poller when the last handle goes away.
     _guard: DropGuard,
@@ -90,7 +99,7 @@ impl Flags {
         transport: Arc<dyn Transport>,
         store: Option<Arc<dyn Store>>,
         parent: CancellationToken,
-        runtime: &tokio::runtime::Handle,
+        runtime: Runtime,
     ) -> Flags {
         let config = Arc::new(config);
         let status = if config.enabled {
@@ -111,15 +120,53 @@ impl Flags {
             receiver,
             token.clone(),
         );
-        let task = runtime.spawn(poller.run());
+        let task = runtime.run(poller);
         Flags {
             inner: Arc::new(Inner {
                 shared,
-                commands,
-                _guard: token.clone().drop_guard(),
-                token,
-                task: Mutex::new(Some(task)),
+                poller: Some(Link {
+                    commands,
+                    _guard: token.clone().drop_guard(),
+                    token,
+                    task: Mutex::new(task),
+                }),
             }),
+        }
+    }
+
+    /// A handle that serves exactly `values` (source [`Defaults`](Source::Defaults)) with no
+    /// poller, no runtime and no I/O: for the unit tests of code that reads flags.
+    ///
+    /// Overrides work as on any handle (in memory only). Remote flags are off: the status is
+    /// [`Disabled`](Status::Disabled), [`refresh`](Self::refresh) answers
+    /// [`Error::Disabled`], and [`set_enabled`](Self::set_enabled) changes nothing.
+    ///
+    /// ```
+    /// use serde_json::json;
+    ///
+    /// let flags = flagpole::Flags::fixed([("new-checkout", json!(true)), ("max-items", json!(5))]);
+    /// assert_eq!(flags.get_bool("new-checkout"), Some(true));
+    /// assert_eq!(flags.get_i64("max-items"), Some(5));
+    /// assert_eq!(flags.snapshot().source(), flagpole::Source::Defaults);
+    /// ```
+    pub fn fixed(values: impl IntoIterator<Item = (impl Into<String>, Value)>) -> Flags {
+        let values = values.into_iter().map(|(k, v)| (k.into(), v)).collect();
+        let mut layers = Layers::new(values, Map::new());
+        // No store: the (empty) persisted overrides are all there will be.
+        layers.restore_overrides(Map::new());
+        Flags {
+            inner: Arc::new(Inner {
+                shared: Arc::new(Shared::new(layers, Status::Disabled)),
+                poller: None,
+            }),
+        }
+    }
+
+    /// Sends `command` to the poller; `Err` with what the caller should hear when there is none.
+    fn send(&self, command: Command) -> Result<(), Error> {
+        match &self.inner.poller {
+            Some(link) => link.commands.send(command).map_err(|_| Error::Stopped),
+            None => Err(Error::Disabled),
         }
     }
 
@@ -299,13 +346,13 @@ impl Flags {
     /// assert!(matches!(flags.refresh().await, Err(flagpole::Error::Disabled)));
     /// # Ok(()) }
     /// ```
-    pub fn refresh(&self) -> impl Future<Output = Result<Arc<Snapshot>, Error>> + Send + 'static {
+    pub fn refresh(&self) -> Refresh {
         let (reply, answer) = oneshot::channel();
-        let sent = self.inner.commands.send(Command::Refresh(reply));
-        async move {
-            sent.map_err(|_| Error::Stopped)?;
+        let sent = self.send(Command::Refresh(reply));
+        Refresh::new(async move {
+            sent?;
             answer.await.unwrap_or(Err(Error::Stopped))
-        }
+        })
     }
 
     /// Switches remote flags on or off (privacy). Off: the request in flight is aborted, no
@@ -342,14 +389,14 @@ impl Flags {
     /// assert_eq!(flags.status().as_str(), "disabled");
     /// # Ok(()) }
     /// ```
-    pub fn set_enabled(&self, enabled: bool) -> impl Future<Output = ()> + Send + 'static {
+    pub fn set_enabled(&self, enabled: bool) -> SetEnabled {
         let (ack, done) = oneshot::channel();
-        let sent = self.inner.commands.send(Command::SetEnabled(enabled, ack));
-        async move {
+        let sent = self.send(Command::SetEnabled(enabled, ack));
+        SetEnabled::new(async move {
             if sent.is_ok() {
                 let _ = done.await;
             }
-        }
+        })
     }
 
     /// Serves `value` for the flag `name` over remote flags and defaults, as given (never
@@ -382,26 +429,19 @@ impl Flags {
     /// assert_eq!(flags.get_str("theme").as_deref(), Some("light"));
     /// # }
     /// ```
-    pub fn set_override(
-        &self,
-        name: impl Into<String>,
-        value: impl Into<Value>,
-    ) -> impl Future<Output = Result<(), Error>> + Send + 'static {
+    pub fn set_override(&self, name: impl Into<String>, value: impl Into<Value>) -> Saved {
         self.change_override(OverrideOp::Set(name.into(), value.into()))
     }
 
     /// Removes the override of `name`: the remote value (or the default) is served again.
     /// Published at once and persisted as [`set_override`](Self::set_override) is.
-    pub fn remove_override(
-        &self,
-        name: &str,
-    ) -> impl Future<Output = Result<(), Error>> + Send + 'static {
+    pub fn remove_override(&self, name: &str) -> Saved {
         self.change_override(OverrideOp::Remove(name.to_owned()))
     }
 
     /// Removes every override set with [`set_override`](Self::set_override) (those given to
     /// the builder stay). Published at once and persisted as `set_override` is.
-    pub fn clear_overrides(&self) -> impl Future<Output = Result<(), Error>> + Send + 'static {
+    pub fn clear_overrides(&self) -> Saved {
         self.change_override(OverrideOp::Clear)
     }
 
@@ -410,19 +450,25 @@ impl Flags {
         self.inner.shared.read(|layers| layers.overrides().clone())
     }
 
-    fn change_override(
-        &self,
-        op: OverrideOp,
-    ) -> impl Future<Output = Result<(), Error>> + Send + 'static {
+    fn change_override(&self, op: OverrideOp) -> Saved {
         self.inner
             .shared
             .update(|layers| layers.change_override(op));
+        self.save()
+    }
+
+    /// Asks the poller for a save of the state held now; with no poller there is nothing to
+    /// save.
+    fn save(&self) -> Saved {
         let (reply, saved) = oneshot::channel();
-        let sent = self.inner.commands.send(Command::Save(reply));
-        async move {
-            sent.map_err(|_| Error::Stopped)?;
-            saved.await.unwrap_or(Err(Error::Stopped))
-        }
+        let sent = self.send(Command::Save(reply));
+        Saved::new(async move {
+            match sent {
+                Ok(()) => saved.await.unwrap_or(Err(Error::Stopped)),
+                Err(Error::Disabled) => Ok(()),
+                Err(error) => Err(error),
+            }
+        })
     }
 
     /// Waits until the store holds the flags and overrides served now: a save of the state held
@@ -457,13 +503,8 @@ impl Flags {
     /// assert_eq!(store.get().expect("saved").flags["beta"], true);
     /// # Ok(()) }
     /// ```
-    pub fn flush(&self) -> impl Future<Output = Result<(), Error>> + Send + 'static {
-        let (reply, saved) = oneshot::channel();
-        let sent = self.inner.commands.send(Command::Save(reply));
-        async move {
-            sent.map_err(|_| Error::Stopped)?;
-            saved.await.unwrap_or(Err(Error::Stopped))
-        }
+    pub fn flush(&self) -> Saved {
+        self.save()
     }
 
     /// A receiver of snapshots that wakes only when flag values or their source change; a fetch
@@ -569,26 +610,26 @@ impl Flags {
     /// assert!(matches!(flags.refresh().await, Err(flagpole::Error::Stopped)));
     /// # Ok(()) }
     /// ```
-    pub fn shutdown(&self) -> impl Future<Output = ()> + Send + 'static {
-        self.inner.token.cancel();
-        let task = self
-            .inner
-            .task
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+    pub fn shutdown(&self) -> Shutdown {
+        let Some(link) = &self.inner.poller else {
+            self.inner.shared.set_status(Status::Stopped);
+            return Shutdown::new(async {});
+        };
+        link.token.cancel();
+        let task = link.task.lock().unwrap_or_else(|e| e.into_inner()).take();
         let mut status = self.status_receiver();
-        async move {
+        Shutdown::new(async move {
             match task {
                 Some(task) => {
                     let _ = task.await;
                 }
-                // Another caller holds the task: wait for the poller to say it stopped.
+                // Another caller holds the task, or the poller runs on its own thread: wait for
+                // it to say it stopped.
                 None => {
                     let _ = status.wait_for(Status::is_stopped).await;
                 }
             }
-        }
+        })
     }
 }
 

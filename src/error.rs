@@ -104,6 +104,17 @@ pub enum Error {
         /// The panic message, when it was a string.
         message: String,
     },
+    /// [`Flags::ready_blocking`](crate::Flags::ready_blocking) waited its whole timeout and no
+    /// remote flags came (defaults are served meanwhile; the poller keeps trying).
+    #[error("no remote flags within {waited:?}")]
+    NotReady {
+        /// The timeout that passed.
+        waited: Duration,
+    },
+    /// A blocking call was made on a thread that runs an async runtime, where blocking could
+    /// stall the very tasks it waits for: await the async form instead.
+    #[error("a blocking flagpole call was made inside an async runtime; await its async form")]
+    InsideRuntime,
 }
 
 /// The error and its sources, outermost first: "error sending request: connection refused".

@@ -162,14 +162,17 @@ mod layers;
 mod openfeature;
 mod parse;
 mod poller;
+mod reply;
 mod request;
 mod rollout;
+mod runtime;
 mod shared;
 mod snapshot;
 mod status;
 mod store;
 mod table;
 mod transport;
+mod wait;
 
 pub use builder::FlagsBuilder;
 pub use client::Flags;
@@ -182,12 +185,14 @@ pub use error::{Error, UnknownValue};
 pub use key::FlagKey;
 #[cfg(feature = "openfeature")]
 pub use openfeature::{FlagpoleProvider, ProviderEvent, ProviderEvents, DEFAULT_INIT_TIMEOUT};
+pub use reply::{Refresh, Saved, SetEnabled, Shutdown};
 pub use snapshot::{Snapshot, Source};
 pub use status::Status;
 pub use store::{CacheRecord, FileStore, MemoryStore, Store};
 pub use transport::{BoxFuture, HttpTransport, Request, Response, Transport};
 #[cfg(feature = "test-util")]
 pub use transport::{ScriptedResponse, ScriptedTransport};
+pub use wait::Ready;
 
 /// Re-exported so that a [`Flags`] handle can be tied to an application's shutdown.
 pub use tokio_util::sync::CancellationToken;
