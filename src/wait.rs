@@ -52,7 +52,7 @@ impl Flags {
     /// # struct Api; // a stand-in for the flag service
     /// # impl Transport for Api {
     /// #     fn send(&self, _: Request) -> BoxFuture<'static, Result<Response, Error>> {
-    /// #         Box::pin(async { Ok(Response::new(200, Default::default(), br#"{"beta":true}"#.to_vec())) })
+    /// #         Box::pin(async { Ok(Response::new(http::StatusCode::OK, Default::default(), br#"{"beta":true}"#.to_vec())) })
     /// #     }
     /// # }
     /// # #[tokio::main(flavor = "current_thread")]
