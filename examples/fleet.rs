@@ -22,7 +22,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use flagpole::{BoxFuture, CacheRecord, Error, Flags, MemoryStore, Request, Response, Status, Transport};
+use flagpole::{
+    BoxFuture, CacheRecord, Error, Flags, MemoryStore, Request, Response, Status, Transport,
+};
 use http::header::{HeaderMap, HeaderValue, ETAG, IF_NONE_MATCH};
 use http::StatusCode;
 use tokio::sync::watch;
@@ -173,7 +175,11 @@ impl Server {
         }
         if state.down {
             state.buckets[b].failed += 1;
-            Response::new(StatusCode::SERVICE_UNAVAILABLE, HeaderMap::new(), Vec::new())
+            Response::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                HeaderMap::new(),
+                Vec::new(),
+            )
         } else if request.headers.get(IF_NONE_MATCH) == Some(&state.etag) {
             state.buckets[b].not_modified += 1;
             Response::new(StatusCode::NOT_MODIFIED, HeaderMap::new(), Vec::new())
@@ -221,7 +227,12 @@ impl SimClock {
     }
 }
 
-fn client(server: &Arc<Server>, clock: SimClock, interval: Duration, store: Option<MemoryStore>) -> Flags {
+fn client(
+    server: &Arc<Server>,
+    clock: SimClock,
+    interval: Duration,
+    store: Option<MemoryStore>,
+) -> Flags {
     let mut builder = Flags::builder()
         .transport(Endpoint(Arc::clone(server)))
         .fetch_interval(interval)
@@ -233,10 +244,7 @@ fn client(server: &Arc<Server>, clock: SimClock, interval: Duration, store: Opti
 }
 
 /// Starts `n` clients at random moments within one second; `store` gives each its store.
-async fn start_fleet(
-    n: usize,
-    mut make: impl FnMut() -> Flags,
-) -> Vec<Flags> {
+async fn start_fleet(n: usize, mut make: impl FnMut() -> Flags) -> Vec<Flags> {
     let start = Instant::now();
     let mut offsets: Vec<u64> = (0..n).map(|_| fastrand::u64(0..1_000_000)).collect();
     offsets.sort_unstable();
@@ -322,16 +330,24 @@ fn cold_start_then_change_then_outage(args: &Args) -> ColdResult {
         tokio::time::sleep_until(t0 + interval * 8).await;
         let buckets = server.buckets();
         let steady = &buckets[200..800.min(buckets.len())];
-        let (ok, nm) = steady
-            .iter()
-            .fold((0u64, 0u64), |(o, m), c| (o + u64::from(c.ok), m + u64::from(c.not_modified)));
+        let (ok, nm) = steady.iter().fold((0u64, 0u64), |(o, m), c| {
+            (o + u64::from(c.ok), m + u64::from(c.not_modified))
+        });
         let share_304 = nm as f64 / (ok + nm).max(1) as f64;
         let requests_per_client_steady = (ok + nm) as f64 / n as f64 / 6.0;
         let cold = peak_over_mean(&buckets, 200..800, n);
+        if std::env::var_os("FLEET_DEBUG").is_some() {
+            let mut top: Vec<(u32, usize)> = (200..800).map(|i| (buckets[i].total(), i)).collect();
+            top.sort_unstable();
+            eprintln!("cold: top buckets {:?}", &top[top.len() - 8..]);
+        }
         let cold_curve = Curve {
             name: "cold-start",
             title: format!("cold start: {n} clients, interval {}s", interval.as_secs()),
-            counts: buckets[..800.min(buckets.len())].iter().map(Counts::total).collect(),
+            counts: buckets[..800.min(buckets.len())]
+                .iter()
+                .map(Counts::total)
+                .collect(),
             shade: None,
         };
 
@@ -351,7 +367,8 @@ fn cold_start_then_change_then_outage(args: &Args) -> ColdResult {
         tokio::time::sleep(OUTAGE).await;
         server.set_down(false);
         let recovery = Instant::now();
-        let statuses: Vec<watch::Receiver<Status>> = fleet.iter().map(Flags::status_receiver).collect();
+        let statuses: Vec<watch::Receiver<Status>> =
+            fleet.iter().map(Flags::status_receiver).collect();
         let recovered_99_s = until_99(n, step, interval * 3, |i| {
             matches!(*statuses[i].borrow(), Status::Fresh)
         })
@@ -359,7 +376,10 @@ fn cold_start_then_change_then_outage(args: &Args) -> ColdResult {
         let end = recovery + interval;
         tokio::time::sleep_until(end.max(Instant::now())).await;
         let buckets = server.buckets();
-        let (from, to) = (server.bucket_of(outage_start), server.bucket_of(recovery + interval));
+        let (from, to) = (
+            server.bucket_of(outage_start),
+            server.bucket_of(recovery + interval),
+        );
         let outage = peak_over_mean(&buckets, from..to, n);
         let outage_requests: u64 = buckets[from..server.bucket_of(recovery).min(buckets.len())]
             .iter()
@@ -424,8 +444,14 @@ fn warm_start(args: &Args) -> (f64, Curve) {
         drop(fleet);
         let curve = Curve {
             name: "warm-start",
-            title: format!("warm start (fresh caches): {n} clients, interval {}s", interval.as_secs()),
-            counts: buckets[..800.min(buckets.len())].iter().map(Counts::total).collect(),
+            title: format!(
+                "warm start (fresh caches): {n} clients, interval {}s",
+                interval.as_secs()
+            ),
+            counts: buckets[..800.min(buckets.len())]
+                .iter()
+                .map(Counts::total)
+                .collect(),
             shade: None,
         };
         (peak_over_mean(&buckets, 0..800, n), curve)
@@ -513,8 +539,17 @@ fn main() {
         args.seed,
         elapsed.as_secs_f64()
     );
-    println!("| {:<28} | {:>10} | {:<12} | {:<13} |", "measure", "value", "goal", "");
-    println!("|{}|{}|{}|{}|", "-".repeat(30), "-".repeat(12), "-".repeat(14), "-".repeat(15));
+    println!(
+        "| {:<28} | {:>10} | {:<12} | {:<13} |",
+        "measure", "value", "goal", ""
+    );
+    println!(
+        "|{}|{}|{}|{}|",
+        "-".repeat(30),
+        "-".repeat(12),
+        "-".repeat(14),
+        "-".repeat(15)
+    );
     row(
         "cold start peak/mean",
         format!("{:.2}", cold.peak_over_mean),
