@@ -321,7 +321,6 @@ struct ColdResult {
 /// Cold start, steady state, a flag change, an outage, all on one fleet.
 fn cold_start_then_change_then_outage(args: &Args) -> ColdResult {
     let (n, interval) = (args.clients, args.interval);
-    let bucket = interval / 100;
     paused_runtime().block_on(async move {
         let clock = SimClock::new();
         let t0 = Instant::now();
@@ -396,7 +395,6 @@ fn cold_start_then_change_then_outage(args: &Args) -> ColdResult {
             counts: buckets[shown.clone()].iter().map(Counts::total).collect(),
             shade: Some((from - shown.start, server.bucket_of(recovery) - shown.start)),
         };
-        let _ = bucket;
         drop(fleet);
         ColdResult {
             peak_over_mean: cold,
