@@ -28,9 +28,9 @@ use crate::transport::{HttpTransport, Transport};
 /// | [`client_version`](Self::client_version) | none (version-gated values are served as sent) |
 /// | [`fetch_interval`](Self::fetch_interval) | 1 day |
 /// | [`timeout`](Self::timeout) | 10 s for the whole request, body included |
-/// | [`backoff_initial`](Self::backoff_initial) / [`backoff_max`](Self::backoff_max) | 1 s / 5 min (and never above the fetch interval) |
+/// | [`backoff_initial`](Self::backoff_initial) / [`backoff_max`](Self::backoff_max) | 1 s / 5 min (and never above the fetch interval), while only defaults are served |
 /// | [`max_body_bytes`](Self::max_body_bytes) | 4 MiB |
-/// | [`schedule_jitter`](Self::schedule_jitter) | 0.2 |
+/// | [`schedule_jitter`](Self::schedule_jitter) | 0.1 |
 /// | [`store`](Self::store) | none: nothing persists between runs |
 /// | [`default_flag`](Self::default_flag) / [`defaults`](Self::defaults) | none |
 /// | [`override_flag`](Self::override_flag) | none |
@@ -167,7 +167,10 @@ impl FlagsBuilder {
         self
     }
 
-    /// The first retry delay after a failure; it doubles on each further failure.
+    /// The first retry delay after a failure; it doubles on each further failure. The backoff
+    /// applies while the handle serves only defaults: one that serves good flags (fetched or
+    /// cached) retries on the regular schedule instead, once per fetch interval, so that a fleet
+    /// does not multiply a failing API's load (see FLEET.md).
     pub fn backoff_initial(mut self, delay: Duration) -> Self {
         self.settings.backoff_initial = delay;
         self
@@ -186,9 +189,11 @@ impl FlagsBuilder {
     }
 
     /// The share of the fetch interval, at its end, in which the next refresh is scheduled at
-    /// random (0 to 1). With 0.2 and a 1-day interval, a refresh comes between 19.2 h and 24 h
-    /// after the last one, so processes started together do not all call the API at once.
-    /// 0 refreshes exactly at expiry.
+    /// random (0 to 1). With 0.1 and a 1-day interval, a refresh comes between 21.6 h and 24 h
+    /// after the last one, which keeps a fleet's refreshes spread; a fleet sends
+    /// `1 / (1 - jitter / 2)` requests per client and interval. 0 refreshes exactly at expiry.
+    /// The first refresh after a start (with no cache, or a fresh one) is drawn from the steady
+    /// state of a fleet on this schedule, so processes started together spread at once.
     pub fn schedule_jitter(mut self, jitter: f64) -> Self {
         self.settings.schedule_jitter = jitter;
         self

@@ -15,8 +15,8 @@ pub const DEFAULT_BACKOFF_INITIAL: Duration = Duration::from_secs(1);
 pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(5 * 60);
 /// The default limit on a response body: 4 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
-/// The default schedule jitter: refresh at a random point in the last 20% of the interval.
-pub const DEFAULT_SCHEDULE_JITTER: f64 = 0.2;
+/// The default schedule jitter: refresh at a random point in the last 10% of the interval.
+pub const DEFAULT_SCHEDULE_JITTER: f64 = 0.1;
 /// The `User-Agent` sent with every request: `flagpole/<crate version>`. An application token
 /// set with [`FlagsBuilder::user_agent`](crate::FlagsBuilder::user_agent) goes before it.
 ///

@@ -5,8 +5,10 @@
 //! - the caller of `refresh` and the status get the right typed [`Error`] variant;
 //! - the last good flags are still served (the very same snapshot; no subscriber woken; the
 //!   persisted record untouched);
-//! - the next retry is planned within the backoff bounds (first step, the cap, or the server's
-//!   `Retry-After`), and the retry is sent at that time;
+//! - the next retry is planned on the regular schedule, since the handle serves good flags (the
+//!   fleet policy of FLEET.md), and the retry is sent at that time; the same fault on a handle
+//!   that serves only defaults is retried within the fast backoff bounds (first step, the cap,
+//!   or the server's `Retry-After`);
 //! - the poller recovers on its own when the server heals.
 //!
 //! The tables run on tokio's paused clock with `ScriptedTransport` (no sockets), so every instant
@@ -36,6 +38,9 @@ const INITIAL: Duration = Duration::from_secs(1);
 const CAP: Duration = Duration::from_secs(60);
 const TIMEOUT: Duration = Duration::from_secs(5);
 const LIMIT: usize = 1024;
+/// The default schedule jitter: a handle serving good flags retries in the last tenth of the
+/// interval.
+const JITTER: f64 = 0.1;
 
 fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
@@ -76,7 +81,9 @@ impl Expect {
     }
 }
 
-/// When the next attempt must come, from the instant the failure was reported.
+/// When the next attempt must come, from the instant the failure was reported, on a handle that
+/// serves only defaults. A handle that serves good flags retries on the regular schedule instead
+/// (or at the end of a `Retry-After` beyond it).
 #[derive(Debug, Clone, Copy)]
 enum Retry {
     /// The first backoff step: within [initial / 2, initial].
@@ -174,7 +181,9 @@ async fn run(case: Case) {
     assert!(case.expect.matches(&last_error), "{fault}: {last_error:?}");
     assert_eq!(since, failed_at.into_std(), "{fault}: stale since");
     let wait = next_retry.expect("a retry is planned") - failed_at.into_std();
-    let (lo, hi) = case.retry.bounds();
+    // Changed deliberately with the fleet policy (FLEET.md): good flags are served, so the retry
+    // comes on the regular schedule, whatever the fault; `run_with_defaults` checks the backoff.
+    let (lo, hi) = (HOUR.mul_f64(1.0 - JITTER), HOUR);
     assert!(
         wait >= lo && wait <= hi,
         "{fault}: next retry in {wait:?}, expected within [{lo:?}, {hi:?}]"
@@ -224,10 +233,43 @@ async fn run(case: Case) {
     flags.shutdown().await;
 }
 
+/// The same fault on a handle that has only defaults: the typed error, and the next retry within
+/// the fast backoff bounds of the case.
+async fn run_with_defaults(fault: &str, answer: ScriptedResponse, expect: Expect, retry: Retry) {
+    let transport = ScriptedTransport::new();
+    transport.push(answer);
+    let flags = builder().transport(transport).build().unwrap();
+    let status = wait_status(&flags, "the first failure", HOUR, Status::is_stale).await;
+    let failed_at = Instant::now();
+    let Status::Stale {
+        last_error,
+        next_retry,
+        ..
+    } = status
+    else {
+        unreachable!()
+    };
+    assert!(
+        expect.matches(&last_error),
+        "{fault} (defaults): {last_error:?}"
+    );
+    let wait = next_retry.expect("a retry is planned") - failed_at.into_std();
+    let (lo, hi) = retry.bounds();
+    assert!(
+        wait >= lo && wait <= hi,
+        "{fault} (defaults): next retry in {wait:?}, expected within [{lo:?}, {hi:?}]"
+    );
+    assert_eq!(flags.get_str("d").as_deref(), Some("default"), "{fault}");
+    flags.shutdown().await;
+}
+
 async fn run_all(cases: Vec<Case>) -> usize {
     let n = cases.len();
     for case in cases {
+        let (fault, answer, expect, retry) =
+            (case.fault, case.answer.clone(), case.expect, case.retry);
         run(case).await;
+        run_with_defaults(fault, answer, expect, retry).await;
     }
     n
 }
@@ -486,16 +528,16 @@ async fn accepted_shapes_replace_the_flags() {
 async fn rejections_retry_at_the_cap_and_log_once_at_error_level() {
     let logs = Captured::default();
     let _guard = logs.install();
+    // Changed deliberately with the fleet policy (FLEET.md): the handle starts without flags, as
+    // the cap applies to a handle that serves only defaults (one serving good flags retries on
+    // the regular schedule).
     let transport = ScriptedTransport::new();
-    transport.push(ScriptedResponse::json(&good()));
     transport.push(http(404));
     let recorder = Recorder::new(&transport);
     let flags = builder().transport(recorder.clone()).build().unwrap();
-    wait_status(&flags, "the first fetch", HOUR, Status::is_fresh).await;
-
     let mut status = flags.status_receiver();
-    let err = flags.refresh().await.expect_err("404");
-    assert!(err.is_permanent());
+    let first = wait_status(&flags, "the first failure", HOUR, Status::is_stale).await;
+    assert!(first.last_error().is_some_and(Error::is_permanent));
     status.borrow_and_update();
     for rejected in [403, 401, 400] {
         // The next retry answers with another 4xx; every failure publishes a new status.
@@ -505,15 +547,15 @@ async fn rejections_retry_at_the_cap_and_log_once_at_error_level() {
         assert_eq!(now.last_error().and_then(Error::status), Some(rejected));
     }
     let times = recorder.times();
-    assert_eq!(times.len(), 5);
-    for pair in times[1..].windows(2) {
+    assert_eq!(times.len(), 4);
+    for pair in times.windows(2) {
         let gap = pair[1] - pair[0];
         assert!(
             gap >= CAP / 2 && gap <= CAP + ms(2),
             "retried after {gap:?}"
         );
     }
-    assert_eq!(flags.get_str("s").as_deref(), Some("good"));
+    assert_eq!(flags.get_str("d").as_deref(), Some("default"));
     assert_eq!(
         logs.count("ERROR", "flag fetch rejected"),
         1,

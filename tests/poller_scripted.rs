@@ -185,18 +185,59 @@ async fn fresh_cache_is_served_at_once_without_request_until_interval() {
     assert_eq!(flags.get_i64("n"), Some(1));
     assert!(is_fresh(&flags.status()), "{:?}", flags.status());
 
-    // Most of the interval: not even within the jitter window (last 20 %) yet.
-    sleep(secs(79)).await;
-    assert_eq!(recorder.count(), 0, "a fresh cache needs no request");
-    assert_eq!(flags.snapshot().source(), Source::Cache);
+    assert_eq!(
+        recorder.count(),
+        0,
+        "a fresh cache needs no request at start"
+    );
 
-    // Past expiry: exactly one request.
-    sleep(secs(22)).await;
-    assert_eq!(recorder.count(), 1);
+    // Changed deliberately with the fleet policy (FLEET.md): the first refresh comes at a point
+    // drawn over the cache's remaining life (the fleet's steady state), at the latest at expiry,
+    // so that a fleet restarted with caches saved together does not refresh in one burst.
+    sleep(secs(101)).await;
+    assert!(recorder.count() >= 1, "refreshed by expiry");
     assert_eq!(flags.snapshot().source(), Source::Network);
     assert_eq!(flags.get_i64("n"), Some(2));
     let at = recorder.times()[0] - start;
-    assert!(at >= secs(79) && at <= secs(100), "first request at {at:?}");
+    assert!(
+        at > Duration::ZERO && at <= secs(100),
+        "first request at {at:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn fresh_caches_saved_together_refresh_spread_over_their_remaining_life() {
+    // 200 handles restarted together, each with the same fresh cache: their first refreshes
+    // spread over the interval instead of all coming at expiry.
+    let (store, _) = seeded_store(same_params, json!({"a": true})).await;
+    let record = store.get().unwrap();
+    let transport = answering(ok(json!({"a": false})));
+    let recorder = Recorder::new(&transport);
+    let start = Instant::now();
+    let mut fleet = Vec::new();
+    for _ in 0..200 {
+        let store = MemoryStore::new();
+        store.set(Some(record.clone()));
+        fleet.push(
+            Flags::builder()
+                .transport(recorder.clone())
+                .store(store)
+                .fetch_interval(secs(100))
+                .build()
+                .unwrap(),
+        );
+    }
+    sleep(secs(100)).await;
+    let mut firsts: Vec<Duration> = recorder.times().iter().map(|t| *t - start).collect();
+    firsts.truncate(200);
+    assert_eq!(firsts.len(), 200, "every handle refreshed by expiry");
+    let early = firsts.iter().filter(|t| **t < secs(50)).count();
+    // The steady state puts half of the first refreshes (0.5 / 0.95 with jitter 0.1) in the
+    // first half of the interval.
+    assert!(
+        (70..=140).contains(&early),
+        "{early} of 200 in the first half"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -443,7 +484,10 @@ async fn backoff_delays_are_jittered_exponential_and_reset_after_success() {
     }
     assert_eq!(flags.get_i64("a"), Some(1));
 
-    // After the success the backoff starts over: the next failure waits at most `initial`.
+    // Changed deliberately with the fleet policy (FLEET.md): after the success the handle serves
+    // good flags, and a failure is retried on the regular schedule (the last `schedule_jitter`
+    // part of the fetch interval, a day here), not with the fast backoff meant for a handle that
+    // has nothing but defaults.
     transport.set(ScriptedResponse::status(500));
     let failed_at = Instant::now();
     let err = flags.refresh().await.unwrap_err();
@@ -460,19 +504,16 @@ async fn backoff_delays_are_jittered_exponential_and_reset_after_success() {
             ..
         } => {
             let wait = next - failed_at.into_std();
-            assert!(wait >= initial / 2 && wait <= initial, "{wait:?}");
+            assert!(wait >= DAY.mul_f64(0.9) && wait <= DAY, "{wait:?}");
             assert_eq!(since, failed_at.into_std(), "a new stale period begins");
         }
         other => panic!("{other:?}"),
     }
-    // The first retry comes within 1 s, the second no sooner than 1.5 s after the refresh.
-    sleep(ms(1250)).await;
-    let times = recorder.times();
-    assert_eq!(times.len(), failures as usize + 3, "refresh + one retry");
-    let d = times[times.len() - 1] - times[times.len() - 2];
-    assert!(
-        d >= initial / 2 && d <= initial,
-        "retry after reset took {d:?}"
+    sleep(DAY.mul_f64(0.9) - secs(1)).await;
+    assert_eq!(
+        recorder.times().len(),
+        failures as usize + 2,
+        "no retry before the schedule"
     );
     assert_eq!(flags.get_i64("a"), Some(1), "the failure kept the flags");
 }
@@ -771,6 +812,9 @@ async fn re_enabling_with_fresh_flags_serves_them_without_request() {
         .build()
         .unwrap();
     assert!(flags.wait_until_ready(secs(1)).await);
+    // The first fetch's next refresh is drawn anywhere in the interval (the fleet policy); after
+    // this one it is exactly one interval away (no jitter).
+    flags.refresh().await.unwrap();
     flags.set_enabled(false).await;
     assert_eq!(flags.get("a"), None);
     flags.set_enabled(true).await;
@@ -781,7 +825,7 @@ async fn re_enabling_with_fresh_flags_serves_them_without_request() {
     );
     assert!(is_fresh(&flags.status()));
     sleep(secs(50)).await;
-    assert_eq!(transport.request_count(), 1);
+    assert_eq!(transport.request_count(), 2);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -892,9 +936,15 @@ async fn dropping_the_last_handle_stops_the_poller() {
     let mut rx = flags.status_receiver();
     let clone = flags.clone();
 
-    // Dropping one of two handles changes nothing.
+    // Dropping one of two handles changes nothing. The second request comes within the interval
+    // (the first refresh after a start is drawn anywhere in it); it takes 30 s.
     drop(flags);
-    sleep(secs(101)).await;
+    within("the second request", secs(101), async {
+        while recorder.count() < 2 {
+            sleep(secs(1)).await;
+        }
+    })
+    .await;
     assert!(!rx.borrow().is_stopped());
     assert_eq!(recorder.count(), 2, "the poller still runs");
     assert_eq!(clone.get_i64("a"), Some(1), "mid-request");
@@ -1044,7 +1094,10 @@ async fn schedule_jitter_spreads_the_next_fetch_over_the_last_fifth() {
     let times = request_times(0.2, secs(2000)).await;
     assert!(times.len() >= 20, "{} requests", times.len());
     let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
-    for gap in &gaps {
+    // The first refresh after the first flags is drawn anywhere in the interval (the fleet
+    // policy, FLEET.md); the regular jitter applies from then on.
+    assert!(gaps[0] > Duration::ZERO && gaps[0] <= secs(100), "{gaps:?}");
+    for gap in &gaps[1..] {
         assert!(*gap >= secs(80) && *gap <= secs(100), "{gaps:?}");
     }
     assert!(gaps.iter().any(|g| *g != gaps[0]), "no jitter: {gaps:?}");
@@ -1053,8 +1106,10 @@ async fn schedule_jitter_spreads_the_next_fetch_over_the_last_fifth() {
 #[tokio::test(start_paused = true)]
 async fn zero_schedule_jitter_fetches_exactly_at_the_interval() {
     let times = request_times(0.0, secs(1000)).await;
-    assert_eq!(times.len(), 10, "at 0, 100, ..., 900 s");
-    for w in times.windows(2) {
+    // At 0, then at a point t drawn in (0, 100] (the fleet policy), then t + 100, t + 200, ...
+    assert!(times.len() >= 10, "{} requests", times.len());
+    assert!(times[1] - times[0] <= secs(100));
+    for w in times[1..].windows(2) {
         assert_eq!(w[1] - w[0], secs(100));
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use super::{Poller, RemoteState};
+use super::{schedule, Poller, RemoteState};
 use crate::error::Error;
 use crate::parse::RawFlags;
 use crate::rollout;
@@ -62,7 +62,7 @@ impl Poller {
         {
             return;
         }
-        self.serve_remote();
+        self.serve_remote(true);
     }
 
     /// Serves the persisted overrides, under any change made while they loaded.
@@ -75,9 +75,10 @@ impl Poller {
         }
     }
 
-    /// Serves the last remote flags, if any. Fresh ones need no request until they expire;
-    /// otherwise a fetch starts at once (or when the server's `Retry-After` ends).
-    pub(super) fn serve_remote(&mut self) {
+    /// Serves the last remote flags, if any. Fresh ones need no request until they expire (at a
+    /// start: until a point drawn over their remaining life); otherwise a fetch starts at once (or
+    /// when the server's `Retry-After` ends).
+    pub(super) fn serve_remote(&mut self, start: bool) {
         let fresh_for = self.remote.as_ref().and_then(|r| {
             self.config
                 .fetch_interval
@@ -89,11 +90,19 @@ impl Poller {
             self.publish_remote();
         }
         match fresh_for {
-            // The first fetch is exactly at expiry: jitter would have to move it earlier, and
-            // nothing is requested while the flags are fresh. Schedule jitter applies from then on.
+            // At a start the first fetch comes at the expiry, or earlier at a point drawn as the
+            // steady state of a fleet would put it: a fleet restarted with caches saved together
+            // (a redeploy) spreads over the interval instead of refreshing in one burst at their
+            // expiry. Enabled again, the schedule is the expiry, as before the disable.
             Some(remaining) => {
                 self.set_status(Status::Fresh);
-                self.schedule(remaining);
+                let (interval, jitter) = (self.config.fetch_interval, self.config.schedule_jitter);
+                let (u, v) = (fastrand::f64(), fastrand::f64());
+                self.schedule(if start {
+                    schedule::after_fresh_cache(remaining, interval, jitter, u, v)
+                } else {
+                    remaining
+                });
             }
             None => {
                 self.set_status(Status::Initializing);

@@ -7,6 +7,7 @@
 mod cache;
 mod outcome;
 mod persist;
+mod schedule;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -254,7 +255,7 @@ impl Poller {
             // The end of the first load serves what it finds.
             self.set_status(Status::Initializing);
         } else {
-            self.serve_remote();
+            self.serve_remote(false);
         }
     }
 

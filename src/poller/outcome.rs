@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{after, wall_check_period, Poller};
+use super::{after, schedule, wall_check_period, Poller};
 use crate::error::Error;
 use crate::fetch::Outcome;
 use crate::snapshot::{Snapshot, Source};
@@ -18,8 +18,9 @@ impl Poller {
             Outcome::Fetched { flags, etag } => {
                 tracing::debug!(flags = flags.len(), "fetched flags");
                 let now = self.config.wall_clock.now_ms();
+                let first = self.remote.is_none();
                 self.remote = Some(self.remote_state(flags, Source::Network, now, etag));
-                Ok(self.succeeded())
+                Ok(self.succeeded(first))
             }
             Outcome::NotModified { etag } => {
                 tracing::debug!("flags not modified");
@@ -32,7 +33,7 @@ impl Poller {
                         remote.etag = etag;
                     }
                 }
-                Ok(self.succeeded())
+                Ok(self.succeeded(false))
             }
             Outcome::Failed { error, retry_after } => {
                 self.failed(&error, retry_after);
@@ -49,14 +50,24 @@ impl Poller {
 
     /// Publishes the new flags at once and asks for a save. "Fresh" waits for that save, so a
     /// caller who stops on seeing it never loses the record; the loop does not.
-    pub(super) fn succeeded(&mut self) -> Arc<Snapshot> {
+    ///
+    /// `first`: these are the first remote flags this poller holds (it served defaults until
+    /// now, as every client of a fleet started together without a cache does). The next refresh
+    /// is then drawn from the fleet's steady state, anywhere in the interval; after any other
+    /// success it comes in the last `schedule_jitter` part of the interval.
+    pub(super) fn succeeded(&mut self, first: bool) -> Arc<Snapshot> {
         self.backoff.reset();
         self.rejection_logged = false;
         self.stale_since = None;
         self.not_before = None;
         let snapshot = self.publish_remote();
-        let jitter = self.config.schedule_jitter * fastrand::f64();
-        self.schedule(self.config.fetch_interval.mul_f64(1.0 - jitter));
+        let (interval, jitter) = (self.config.fetch_interval, self.config.schedule_jitter);
+        let delay = if first {
+            schedule::steady_wait(interval, jitter, fastrand::f64(), fastrand::f64())
+        } else {
+            schedule::regular(interval, jitter, fastrand::f64())
+        };
+        self.schedule(delay);
         self.fetches += 1;
         self.persist.mark_dirty();
         if self.persist.saves_soon() {
@@ -100,6 +111,13 @@ impl Poller {
             tracing::warn!(%error, attempt = self.backoff.attempt() + 1, "flag fetch failed; serving the last good flags");
             self.backoff.next().unwrap_or(self.config.backoff_cap())
         };
+        if self.remote.is_some() {
+            // Good flags (network or cache) are served: retrying sooner than the regular schedule
+            // would only multiply a failing API's load by the size of the fleet. The fast backoff
+            // is for a client that has nothing but defaults.
+            let (interval, jitter) = (self.config.fetch_interval, self.config.schedule_jitter);
+            delay = schedule::regular(interval, jitter, fastrand::f64());
+        }
         if let Some(wait) = retry_after {
             let wait = wait.min(self.config.fetch_interval);
             self.not_before = Some((after(wait), self.config.wall_clock.now() + wait));
