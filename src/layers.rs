@@ -8,18 +8,9 @@ use arc_swap::ArcSwap;
 use serde_json::{Map, Value};
 use tokio::sync::watch;
 
-use crate::rollout::Processed;
-use crate::snapshot::{Snapshot, Source};
+pub(crate) use crate::snapshot::RemoteLayer;
+use crate::snapshot::Snapshot;
 use crate::status::Status;
-
-/// The remote flags as served (already processed), with their provenance.
-#[derive(Debug, Clone)]
-pub(crate) struct RemoteLayer {
-    pub(crate) processed: Arc<Processed>,
-    pub(crate) source: Source,
-    pub(crate) cache_timestamp: u64,
-    pub(crate) etag: Option<String>,
-}
 
 /// A change to the local overrides.
 #[derive(Debug, Clone)]
@@ -127,7 +118,7 @@ impl Shared {
 
     /// Publishes to readers and subscribers. A snapshot that serves the same flag names as the
     /// current one takes over its layout first, so that pre-resolved
-    /// [`FlagKey`](crate::FlagKey)s stay resolved. Outside [`update`](Self::update) only for the
+    /// [`Flag`](crate::Flag)s stay resolved. Outside [`update`](Self::update) only for the
     /// benchmark hooks, which publish without layers.
     pub(crate) fn publish(&self, mut snapshot: Snapshot) -> Arc<Snapshot> {
         snapshot.share_layout(&self.current.load());

@@ -124,8 +124,10 @@ mod backoff;
 mod client;
 mod clock;
 mod config;
+mod entry;
 mod error;
 mod fetch;
+mod flag;
 #[cfg(feature = "test-util")]
 #[doc(hidden)]
 pub mod hooks;
@@ -143,6 +145,8 @@ mod store;
 mod table;
 mod transport;
 
+pub use flag::{Flag, FlagValue};
+
 pub use client::Flags;
 pub use config::{
     Client, Distribution, Environment, FlagsBuilder, DEFAULT_BACKOFF_INITIAL, DEFAULT_BACKOFF_MAX,
@@ -150,7 +154,6 @@ pub use config::{
     DEFAULT_TIMEOUT, USER_AGENT,
 };
 pub use error::{Error, UnknownValue};
-pub use key::FlagKey;
 #[cfg(feature = "openfeature")]
 pub use openfeature::{FlagpoleProvider, ProviderEvent, ProviderEvents, DEFAULT_INIT_TIMEOUT};
 pub use snapshot::{Snapshot, Source};
