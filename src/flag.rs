@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use crate::entry::Entry;
+use crate::entry::{Entry, Scalar};
 use crate::key::SlotCache;
 use crate::table::FlagMap;
 
@@ -101,6 +101,24 @@ impl<T: FlagValue> Flag<T> {
         }
     }
 
+    /// The remembered slot (see [`SlotCache::word`]).
+    #[inline]
+    pub(crate) fn slot_word(&self) -> u64 {
+        self.slot.word()
+    }
+
+    /// The value for a scalar reading of this flag (`None`: absent), or the default.
+    #[inline]
+    pub(crate) fn from_scalar(&self, found: Option<Scalar>) -> T::Output {
+        match found {
+            Some(scalar) => match T::read_scalar(sealed::ServedScalar(scalar)) {
+                Some(value) => value,
+                None => self.wrong_type(),
+            },
+            None => T::fallback(self),
+        }
+    }
+
     #[cold]
     #[inline(never)]
     fn wrong_type(&self) -> T::Output {
@@ -146,14 +164,23 @@ pub(crate) mod sealed {
     #[allow(unreachable_pub, missing_debug_implementations)]
     pub struct Served<'a>(pub(crate) &'a Entry);
 
+    /// A served scalar reading, opaque outside the crate.
+    #[allow(unreachable_pub, missing_debug_implementations)]
+    pub struct ServedScalar(pub(crate) Scalar);
+
     #[allow(unreachable_pub)] // reachable only as a bound: sealed
     pub trait Sealed: Sized {
         /// What a read gives: the type itself for scalars, `Arc<str>` for strings.
         type Output;
         #[doc(hidden)]
         const KIND: &'static str;
+        /// Whether the value is a scalar, readable from a scalar reading alone.
+        #[doc(hidden)]
+        const SCALAR: bool;
         #[doc(hidden)]
         fn read(entry: Served<'_>) -> Option<Self::Output>;
+        #[doc(hidden)]
+        fn read_scalar(scalar: ServedScalar) -> Option<Self::Output>;
         #[doc(hidden)]
         fn fallback(flag: &Flag<Self>) -> Self::Output
         where
@@ -163,9 +190,14 @@ pub(crate) mod sealed {
     impl Sealed for bool {
         type Output = bool;
         const KIND: &'static str = "a boolean";
+        const SCALAR: bool = true;
         #[inline]
         fn read(Served(entry): Served<'_>) -> Option<bool> {
             entry.scalar.as_bool()
+        }
+        #[inline]
+        fn read_scalar(ServedScalar(scalar): ServedScalar) -> Option<bool> {
+            scalar.as_bool()
         }
         #[inline]
         fn fallback(flag: &Flag<bool>) -> bool {
@@ -176,9 +208,14 @@ pub(crate) mod sealed {
     impl Sealed for i64 {
         type Output = i64;
         const KIND: &'static str = "an integer";
+        const SCALAR: bool = true;
         #[inline]
         fn read(Served(entry): Served<'_>) -> Option<i64> {
             entry.scalar.as_i64()
+        }
+        #[inline]
+        fn read_scalar(ServedScalar(scalar): ServedScalar) -> Option<i64> {
+            scalar.as_i64()
         }
         #[inline]
         fn fallback(flag: &Flag<i64>) -> i64 {
@@ -189,9 +226,14 @@ pub(crate) mod sealed {
     impl Sealed for f64 {
         type Output = f64;
         const KIND: &'static str = "a number";
+        const SCALAR: bool = true;
         #[inline]
         fn read(Served(entry): Served<'_>) -> Option<f64> {
             entry.scalar.as_f64()
+        }
+        #[inline]
+        fn read_scalar(ServedScalar(scalar): ServedScalar) -> Option<f64> {
+            scalar.as_f64()
         }
         #[inline]
         fn fallback(flag: &Flag<f64>) -> f64 {
@@ -202,9 +244,13 @@ pub(crate) mod sealed {
     impl Sealed for &'static str {
         type Output = Arc<str>;
         const KIND: &'static str = "a string";
+        const SCALAR: bool = false;
         #[inline]
         fn read(Served(entry): Served<'_>) -> Option<Arc<str>> {
             entry.text.clone()
+        }
+        fn read_scalar(_: ServedScalar) -> Option<Arc<str>> {
+            None
         }
         #[inline]
         fn fallback(flag: &Flag<&'static str>) -> Arc<str> {

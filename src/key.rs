@@ -25,6 +25,12 @@ impl SlotCache {
         }
     }
 
+    /// The word: `layout id << SLOT_BITS | slot`.
+    #[inline]
+    pub(crate) fn word(&self) -> u64 {
+        self.word.load(Ordering::Relaxed)
+    }
+
     /// The entry of `name` in `map`: one comparison and one index when the cache already knows
     /// `map`'s layout, else one hashed lookup whose answer is remembered.
     #[inline]

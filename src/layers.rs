@@ -4,10 +4,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use arc_swap::ArcSwap;
 use serde_json::{Map, Value};
 use tokio::sync::watch;
 
+use crate::current::Current;
 pub(crate) use crate::snapshot::RemoteLayer;
 use crate::snapshot::Snapshot;
 use crate::status::Status;
@@ -90,7 +90,7 @@ fn apply(overrides: &mut Map<String, Value>, op: OverrideOp) {
 /// What the poller publishes and the handles read.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    pub(crate) current: ArcSwap<Snapshot>,
+    pub(crate) current: Current,
     pub(crate) snapshots: watch::Sender<Arc<Snapshot>>,
     pub(crate) status: watch::Sender<Status>,
     layers: Mutex<Layers>,
@@ -100,7 +100,7 @@ impl Shared {
     pub(crate) fn new(layers: Layers, status: Status) -> Self {
         let initial = Arc::new(layers.snapshot());
         Shared {
-            current: ArcSwap::new(Arc::clone(&initial)),
+            current: Current::new(Arc::clone(&initial)),
             snapshots: watch::Sender::new(initial),
             status: watch::Sender::new(status),
             layers: Mutex::new(layers),

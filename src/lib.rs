@@ -124,6 +124,7 @@ mod backoff;
 mod client;
 mod clock;
 mod config;
+mod current;
 mod entry;
 mod error;
 mod fetch;

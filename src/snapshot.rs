@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-use crate::entry::{Entry, Origin};
+use crate::entry::{Entry, Origin, Scalar};
 use crate::flag::{Flag, FlagValue};
 use crate::rollout::Processed;
 pub(crate) use crate::table::FlagMap;
@@ -394,6 +394,16 @@ impl Snapshot {
     /// Every flag's rollout group, sorted by flag name.
     pub fn threshold_groups(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
         self.groups.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// Every flag's scalar reading, by slot.
+    pub(crate) fn scalars(&self) -> impl Iterator<Item = Scalar> + '_ {
+        self.flags.iter().map(|(_, entry)| entry.scalar)
+    }
+
+    /// The id of the flag layout (names and slots), as [`Flag`]s remember it.
+    pub(crate) fn layout_id(&self) -> u64 {
+        self.flags.layout_id()
     }
 
     /// Takes over `previous`'s flag layout when both serve the same names in the same order, so

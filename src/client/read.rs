@@ -38,7 +38,7 @@ impl Flags {
     /// ```
     #[inline]
     pub fn value<T: FlagValue>(&self, flag: &Flag<T>) -> T::Output {
-        self.with(|s| s.value(flag))
+        self.inner.shared.current.value(flag)
     }
 
     /// The flag as a boolean, by name; `None` when absent or of another type. For flags known
