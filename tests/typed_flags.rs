@@ -231,8 +231,12 @@ fn readers_never_see_a_value_that_was_not_published() {
                 while !stop.load(Ordering::Relaxed) || reads < 1000 {
                     let v = flags.value(&V);
                     assert!((0..4).contains(&v), "{v}");
-                    let odd = flags.value(&ODD);
-                    let _ = odd; // another moment than `v`: not compared
+                    let by_name = flags.get_i64("v");
+                    assert!(matches!(by_name, Some(0..=3)), "{by_name:?}");
+                    assert!(flags.get_bool("odd").is_some());
+                    assert_eq!(flags.get_bool("v"), None);
+                    let extra = flags.get_i64("extra");
+                    assert!(matches!(extra, None | Some(1)), "{extra:?}");
                     let view = flags.snapshot();
                     assert_eq!(view.value(&ODD), view.value(&V) % 2 == 1);
                     reads += 1;
