@@ -1,10 +1,10 @@
 //! The snapshot's flag table: values in a `Vec`, names in a shared, append-only [`Layout`] with a
 //! small open-addressing index, so that a [`Flag`](crate::Flag) can remember a slot.
 //!
-//! Why not a `HashMap`: a by-name read must hash and probe anyway, but a pre-resolved key should
-//! not. Giving every flag a stable slot number within a layout lets a key cache
+//! Why not a `HashMap`: a by-name read must hash and probe anyway, but a read through a typed
+//! `Flag` should not. Giving every flag a stable slot number within a layout lets a `Flag` cache
 //! `(layout id, slot)` and read with one comparison and one index. Snapshots whose flag names are
-//! the same (in the same order) share one layout, so keys stay resolved across publishes.
+//! the same (in the same order) share one layout, so `Flag`s stay resolved across publishes.
 
 use std::hash::Hasher as _;
 use std::sync::atomic::{AtomicU64, Ordering};
