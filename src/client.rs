@@ -23,7 +23,7 @@ use crate::transport::Transport;
 
 /// A handle on the live flag set. Cheap to clone; every clone reads the same flags.
 ///
-/// Reads ([`value`](Self::value) of a typed [`Flag`], `get_*` by name,
+/// Reads ([`value`](Self::value) of a typed [`Flag`](crate::Flag), `get_*` by name,
 /// [`snapshot`](Self::snapshot)) are plain synchronous calls: they load the
 /// current [`Snapshot`] from an `ArcSwap` and never await, lock or (for scalars) allocate, so
 /// they are safe on any hot path and in any thread. One background task, spawned by

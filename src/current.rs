@@ -66,7 +66,7 @@ impl Current {
     pub(crate) fn value<T: FlagValue>(&self, flag: &Flag<T>) -> T::Output {
         if T::SCALAR {
             if let Some(found) = self.scalars.read(flag.slot_word()) {
-                return flag.from_scalar(found);
+                return flag.value_of_scalar(found);
             }
         }
         self.swap.load().value(flag)

@@ -109,7 +109,7 @@ impl<T: FlagValue> Flag<T> {
 
     /// The value for a scalar reading of this flag (`None`: absent), or the default.
     #[inline]
-    pub(crate) fn from_scalar(&self, found: Option<Scalar>) -> T::Output {
+    pub(crate) fn value_of_scalar(&self, found: Option<Scalar>) -> T::Output {
         match found {
             Some(scalar) => match T::read_scalar(sealed::ServedScalar(scalar)) {
                 Some(value) => value,
