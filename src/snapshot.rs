@@ -246,8 +246,16 @@ impl Snapshot {
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() {
-    /// let flags = flagpole::Flags::builder().default_flag("beta", true).enabled(false).build().unwrap();
-    /// assert_eq!(flags.snapshot().get_bool("beta"), Some(true));
+    /// let flags = flagpole::Flags::builder()
+    ///     .default_flag("beta", true)
+    ///     .default_flag("max", 3)
+    ///     .enabled(false)
+    ///     .build()
+    ///     .unwrap();
+    /// let view = flags.snapshot();
+    /// assert_eq!(view.get_bool("beta"), Some(true));
+    /// assert_eq!((view.get_i64("max"), view.get_f64("max")), (Some(3), Some(3.0)));
+    /// assert_eq!(view.get_bool("max"), None); // another type
     /// # }
     /// ```
     pub fn get_bool(&self, name: &str) -> Option<bool> {
@@ -255,27 +263,11 @@ impl Snapshot {
     }
 
     /// The flag as an integer; `None` when absent, not a number, fractional or out of range.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() {
-    /// let flags = flagpole::Flags::builder().default_flag("max", 3).enabled(false).build().unwrap();
-    /// assert_eq!(flags.snapshot().get_i64("max"), Some(3));
-    /// # }
-    /// ```
     pub fn get_i64(&self, name: &str) -> Option<i64> {
         self.entry(name)?.scalar.as_i64()
     }
 
     /// The flag as a float (integers convert); `None` when absent or not a number.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() {
-    /// let flags = flagpole::Flags::builder().default_flag("max", 3).enabled(false).build().unwrap();
-    /// assert_eq!(flags.snapshot().get_f64("max"), Some(3.0));
-    /// # }
-    /// ```
     pub fn get_f64(&self, name: &str) -> Option<f64> {
         self.entry(name)?.scalar.as_f64()
     }
