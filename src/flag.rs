@@ -45,9 +45,10 @@ use crate::table::FlagMap;
 ///
 /// A `Flag` remembers where its flag sits in the current flag set (one atomic word inside it),
 /// so that a read neither hashes nor compares the name: one comparison and one index. A `const`
-/// is copied at every use, so that memory would start empty at every read and each read would
-/// hash the name (still correct, only slower); clippy's `declare_interior_mutable_const` warns
-/// about such a `const`. Declare flags as `static`s (or keep one in a long-lived struct).
+/// is copied at every use, so that memory would start empty at every read: each read would hash
+/// the name, and a `Flag<&'static str>` would allocate its default at every read that serves it
+/// (still correct, only slower); clippy's `declare_interior_mutable_const` warns about such a
+/// `const`. Declare flags as `static`s (or keep one in a long-lived struct).
 ///
 /// Refreshes that change values but keep the same flag names keep the memory valid; when the
 /// names change, the next read looks the name up once and remembers the new place. One `Flag`
