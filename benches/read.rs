@@ -1,22 +1,60 @@
 //! Read path, single thread: flagpole's reads beside a raw `HashMap<String, serde_json::Value>`
-//! lookup of the same flag among 100, in the same criterion groups so the numbers print side by
-//! side. See BENCHMARKS.md for the results and the targets.
+//! lookup of the same flag, in the same criterion groups so the numbers print side by side. See
+//! BENCHMARKS.md for the results and the targets.
 
 use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use flagpole::Flag;
 use serde_json::Value;
 
 mod common;
 
 const FLAGS: usize = 100;
 
+// Issue 13's baseline: 100 boolean flags named `feature-flag-number-N`, number 42 read.
+static BOOL_42: Flag<bool> = Flag::new("feature-flag-number-42", false);
+// The mixed set of `common::flags`: 45 is a boolean, 46 an integer, 47 a string, 48 an object,
+// 999 does not exist.
+static HIT: Flag<bool> = Flag::new("feature-flag-number-045", false);
+static INT: Flag<i64> = Flag::new("feature-flag-number-046", 0);
+static NUM: Flag<f64> = Flag::new("feature-flag-number-046", 0.0);
+static TEXT: Flag<&'static str> = Flag::new("feature-flag-number-047", "");
+static WRONG: Flag<bool> = Flag::new("feature-flag-number-048", false);
+static MISS: Flag<bool> = Flag::new("feature-flag-number-999", false);
+static MISS_TEXT: Flag<&'static str> = Flag::new("feature-flag-number-999", "default");
+
+fn baseline(c: &mut Criterion) {
+    let flags = common::flags_of(&common::bools_body(FLAGS));
+    let raw = common::bools_raw(FLAGS);
+    let snapshot = flags.snapshot();
+    let name = String::from("feature-flag-number-42");
+    assert_eq!(flags.get_bool(&name), raw[&name].as_bool());
+    assert_eq!(Some(flags.value(&BOOL_42)), raw[&name].as_bool());
+
+    let mut group = c.benchmark_group("issue13_100_bool_flags");
+    group.bench_function("raw_hashmap", |b| {
+        b.iter(|| raw.get(black_box(name.as_str())).and_then(Value::as_bool))
+    });
+    group.bench_function("flags_value", |b| {
+        b.iter(|| flags.value(black_box(&BOOL_42)))
+    });
+    group.bench_function("flags_get_bool", |b| {
+        b.iter(|| flags.get_bool(black_box(&name)))
+    });
+    group.bench_function("snapshot_value", |b| {
+        b.iter(|| snapshot.value(black_box(&BOOL_42)))
+    });
+    group.bench_function("snapshot_get_bool", |b| {
+        b.iter(|| snapshot.get_bool(black_box(&name)))
+    });
+    group.finish();
+}
+
 fn read(c: &mut Criterion) {
     let flags = common::flags(FLAGS);
     let raw = common::raw(FLAGS);
-    let snapshot = flags.snapshot();
-    // Flag 45 is a boolean, 46 an integer, 47 a string, 48 an object; 999 does not exist.
     let hit = common::name(45);
     let (int, text, object, miss) = (
         common::name(46),
@@ -24,35 +62,10 @@ fn read(c: &mut Criterion) {
         common::name(48),
         common::name(999),
     );
+    assert_eq!(HIT.name(), hit);
     assert_eq!(flags.get_bool(&hit), raw[&hit].as_bool());
-    assert!(flags.get_bool(&hit).is_some() && flags.get_bool(&miss).is_none());
-    let key = flags.key(&hit);
-    let miss_key = flags.key(&miss);
-    let object_key = flags.key(&object);
-    let text_key = flags.key(&text);
-    assert_eq!(flags.get_bool_key(&key), flags.get_bool(&hit));
-
-    let mut group = c.benchmark_group("get_bool_100_flags");
-    group.bench_function("raw_hashmap", |b| {
-        b.iter(|| raw.get(black_box(hit.as_str())).and_then(Value::as_bool))
-    });
-    group.bench_function("flags_get_bool", |b| {
-        b.iter(|| flags.get_bool(black_box(&hit)))
-    });
-    group.bench_function("flags_get_bool_key", |b| {
-        b.iter(|| flags.get_bool_key(black_box(&key)))
-    });
-    group.bench_function("snapshot_get_bool", |b| {
-        b.iter(|| snapshot.get_bool(black_box(&hit)))
-    });
-    group.bench_function("snapshot_get_bool_key", |b| {
-        b.iter(|| snapshot.get_bool_key(black_box(&key)))
-    });
-    // What every `Flags` read pays before it looks anything up: the arc-swap guard.
-    group.bench_function("flags_guard_only", |b| {
-        b.iter(|| flags.with_snapshot(|s| black_box(s).len()))
-    });
-    group.finish();
+    assert_eq!(Some(flags.value(&HIT)), flags.get_bool(&hit));
+    assert!(flags.get_bool(&miss).is_none());
 
     let mut group = c.benchmark_group("miss_and_wrong_type_100_flags");
     group.bench_function("raw_hashmap_hit", |b| {
@@ -70,14 +83,14 @@ fn read(c: &mut Criterion) {
     group.bench_function("flags_get_bool_wrong_type", |b| {
         b.iter(|| flags.get_bool(black_box(&object)))
     });
-    group.bench_function("flags_get_bool_key_hit", |b| {
-        b.iter(|| flags.get_bool_key(black_box(&key)))
+    group.bench_function("flags_value_hit", |b| {
+        b.iter(|| flags.value(black_box(&HIT)))
     });
-    group.bench_function("flags_get_bool_key_missing", |b| {
-        b.iter(|| flags.get_bool_key(black_box(&miss_key)))
+    group.bench_function("flags_value_missing", |b| {
+        b.iter(|| flags.value(black_box(&MISS)))
     });
-    group.bench_function("flags_get_bool_key_wrong_type", |b| {
-        b.iter(|| flags.get_bool_key(black_box(&object_key)))
+    group.bench_function("flags_value_wrong_type", |b| {
+        b.iter(|| flags.value(black_box(&WRONG)))
     });
     group.finish();
 
@@ -88,8 +101,11 @@ fn read(c: &mut Criterion) {
     group.bench_function("flags_get_i64", |b| {
         b.iter(|| flags.get_i64(black_box(&int)))
     });
-    group.bench_function("flags_get_f64", |b| {
-        b.iter(|| flags.get_f64(black_box(&int)))
+    group.bench_function("flags_value_i64", |b| {
+        b.iter(|| flags.value(black_box(&INT)))
+    });
+    group.bench_function("flags_value_f64", |b| {
+        b.iter(|| flags.value(black_box(&NUM)))
     });
     group.bench_function("raw_hashmap_str_len", |b| {
         b.iter(|| {
@@ -101,17 +117,16 @@ fn read(c: &mut Criterion) {
     group.bench_function("flags_get_str_len", |b| {
         b.iter(|| flags.get_str(black_box(&text)).map(|s| s.len()))
     });
-    group.bench_function("flags_with_str_len", |b| {
-        b.iter(|| flags.with_str(black_box(&text), |s| s.map(str::len)))
+    group.bench_function("flags_value_str_len", |b| {
+        b.iter(|| flags.value(black_box(&TEXT)).len())
     });
-    group.bench_function("flags_with_str_key_len", |b| {
-        b.iter(|| flags.with_str_key(black_box(&text_key), |s| s.map(str::len)))
+    group.bench_function("flags_value_str_default_len", |b| {
+        b.iter(|| flags.value(black_box(&MISS_TEXT)).len())
     });
     group.finish();
 
-    // Ten flags that must agree: ten handle reads (ten guards), one borrowed view, one owned view.
+    // Ten flags that must agree: ten handle reads (ten guards) against one owned view.
     let ten: Vec<String> = (0..10).map(|i| common::name(i * 5)).collect();
-    let ten_keys: Vec<_> = ten.iter().map(|n| flags.key(n)).collect();
     let mut group = c.benchmark_group("ten_bools_one_view");
     group.bench_function("raw_hashmap", |b| {
         b.iter(|| {
@@ -127,25 +142,6 @@ fn read(c: &mut Criterion) {
                 .count()
         })
     });
-    group.bench_function("flags_with_snapshot", |b| {
-        b.iter(|| {
-            flags.with_snapshot(|s| {
-                ten.iter()
-                    .filter(|n| s.get_bool(black_box(n)) == Some(true))
-                    .count()
-            })
-        })
-    });
-    group.bench_function("flags_with_snapshot_keys", |b| {
-        b.iter(|| {
-            flags.with_snapshot(|s| {
-                ten_keys
-                    .iter()
-                    .filter(|k| s.get_bool_key(black_box(k)) == Some(true))
-                    .count()
-            })
-        })
-    });
     group.bench_function("flags_snapshot_arc", |b| {
         b.iter(|| {
             let s: Arc<_> = flags.snapshot();
@@ -157,5 +153,5 @@ fn read(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, read);
+criterion_group!(benches, baseline, read);
 criterion_main!(benches);

@@ -90,7 +90,8 @@ fn threads(c: &mut Criterion) {
     let flags = common::flags(FLAGS);
     let hit = common::name(45);
     assert!(flags.get_bool(&hit).is_some());
-    let key = Arc::new(flags.key(&hit));
+    assert_eq!(hit, "feature-flag-number-045");
+    static HIT: flagpole::Flag<bool> = flagpole::Flag::new("feature-flag-number-045", false);
     // Two snapshots with the same names and other values, sharing one layout, for the writer.
     let snapshots = vec![
         hooks::publish_body(&flags, &common::body(FLAGS, 1)).unwrap(),
@@ -102,9 +103,9 @@ fn threads(c: &mut Criterion) {
         let (flags, hit) = (flags.clone(), hit.clone());
         move || flags.get_bool(black_box(&hit)) == Some(true)
     };
-    let by_key = {
-        let (flags, key) = (flags.clone(), Arc::clone(&key));
-        move || flags.get_bool_key(black_box(&key)) == Some(true)
+    let by_flag = {
+        let flags = flags.clone();
+        move || flags.value(black_box(&HIT))
     };
     let locked = {
         let (raw, hit) = (Arc::clone(&raw), hit.clone());
@@ -143,14 +144,14 @@ fn threads(c: &mut Criterion) {
                 })
             },
         );
-        let read = by_key.clone();
-        group.bench_function(format!("flagpole_key_{readers}_readers"), move |b| {
+        let read = by_flag.clone();
+        group.bench_function(format!("flagpole_value_{readers}_readers"), move |b| {
             b.iter_custom(|iters| run_readers(readers, iters, read.clone()))
         });
-        let read = by_key.clone();
+        let read = by_flag.clone();
         let (target_k, prepared_k) = (flags.clone(), snapshots.clone());
         group.bench_function(
-            format!("flagpole_key_{readers}_readers_writer_10k_per_s"),
+            format!("flagpole_value_{readers}_readers_writer_10k_per_s"),
             move |b| {
                 b.iter_custom(|iters| {
                     let writer = Writer::start(&target_k, &prepared_k);

@@ -353,10 +353,8 @@ fn cold_start_then_change_then_outage(args: &Args) -> ColdResult {
         // A flag changes.
         server.set_version(2);
         let step = (interval / 900).max(Duration::from_secs(1));
-        let change_99_s = until_99(n, step, interval * 3, |i| {
-            fleet[i].snapshot().get(FLAG) == Some(&serde_json::json!(2))
-        })
-        .await;
+        let change_99_s =
+            until_99(n, step, interval * 3, |i| fleet[i].get_i64(FLAG) == Some(2)).await;
 
         // An outage, from the next whole interval on.
         let now_interval = Instant::now().duration_since(t0).as_secs_f64() / interval.as_secs_f64();

@@ -5,11 +5,14 @@
 
 use std::time::Duration;
 
-use flagpole::{FlagpoleProvider, Flags};
+use flagpole::{Flag, FlagpoleProvider, Flags};
 use open_feature::{OpenFeature, StructValue};
 use serde_json::json;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
+
+// The same flag as a typed definition: what code that does not go through OpenFeature reads.
+static NEW_CHECKOUT: Flag<bool> = Flag::new("new-checkout", false);
 
 /// Makes the fake API answer every request for the flags with `response` from now on.
 async fn serve(server: &MockServer, response: ResponseTemplate) {
@@ -88,7 +91,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     serve(&server, flags_body(true)).await;
     flags.refresh().await?;
     let checkout = ok(client.get_bool_value("new-checkout", None, None).await)?;
-    println!("   new-checkout = {checkout}");
+    println!(
+        "   new-checkout = {checkout} (the handle's own typed read agrees: {})",
+        flags.value(&NEW_CHECKOUT)
+    );
 
     println!("5. outage: the last good flags are still served, the provider is stale");
     serve(&server, ResponseTemplate::new(503)).await;

@@ -4,10 +4,17 @@
 
 use std::time::Duration;
 
-use flagpole::{Environment, FileStore, Flags, Status};
+use flagpole::{Environment, FileStore, Flag, Flags, Status};
 use serde_json::json;
 use wiremock::matchers::{method, path, query_param};
 use wiremock::{Mock, MockServer, ResponseTemplate};
+
+// Flags the application knows, declared once with their defaults (as `static`s: each remembers
+// where its flag sits, so reads do not hash the name).
+static NEW_CHECKOUT: Flag<bool> = Flag::new("new-checkout", false);
+static BANNER: Flag<&'static str> = Flag::new("banner", "Welcome");
+static MAX_ITEMS: Flag<i64> = Flag::new("max-items", 10);
+static OFFLINE_MODE: Flag<bool> = Flag::new("offline-mode", true);
 
 /// Makes the fake API answer every request for the flags with `response` from now on.
 async fn serve(server: &MockServer, response: ResponseTemplate) {
@@ -41,8 +48,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .base_url(format!("{}/v1", server.uri()))
         .environment(Environment::Dev)
         .store(FileStore::new(cache_dir.path().join("flags.json")))
-        .default_flag("new-checkout", false)
-        .default_flag("offline-mode", true)
         .backoff_initial(Duration::from_millis(200))
         .backoff_max(Duration::from_millis(800))
         .build()?;
@@ -50,13 +55,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let ready = flags.wait_until_ready(Duration::from_secs(5)).await;
     let view = flags.snapshot();
     println!(
-        "2. first read (ready: {ready}, source: {}): new-checkout={:?} banner={:?} max-items={:?} theme.accent={:?} offline-mode={:?} (a default)",
+        "2. first read (ready: {ready}, source: {}): new-checkout={} banner={:?} max-items={} theme.accent={:?} offline-mode={} (the Flag's default)",
         view.source(),
-        flags.get_bool("new-checkout"),
-        flags.get_str("banner").as_deref(),
-        flags.get_i64("max-items"),
-        view.get("theme").and_then(|t| t.get("accent")),
-        flags.get_bool("offline-mode"),
+        flags.value(&NEW_CHECKOUT),
+        &*flags.value(&BANNER),
+        flags.value(&MAX_ITEMS),
+        view.get_ref("theme").and_then(|t| t.get("accent")),
+        flags.value(&OFFLINE_MODE),
     );
 
     // Code that reacts to changes subscribes; it wakes only when values change.
@@ -65,8 +70,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         while changes.changed().await.is_ok() {
             let snapshot = changes.borrow_and_update().clone();
             println!(
-                "   watch event: new-checkout is now {:?} (source {})",
-                snapshot.get_bool("new-checkout"),
+                "   watch event: new-checkout is now {} (source {})",
+                snapshot.value(&NEW_CHECKOUT),
                 snapshot.source()
             );
         }
@@ -76,8 +81,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     serve(&server, flags_body(true)).await;
     let snapshot = flags.refresh().await?;
     println!(
-        "   refresh returned new-checkout={:?}",
-        snapshot.get_bool("new-checkout")
+        "   refresh returned new-checkout={}",
+        snapshot.value(&NEW_CHECKOUT)
     );
 
     println!("4. a refresh that brings the same flags renews the cache without a watch event");
@@ -100,8 +105,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("   status: stale ({last_error}); the poller retries with backoff in {wait:?}");
     }
     println!(
-        "   still serving the last good flags: new-checkout={:?}, source {}",
-        flags.get_bool("new-checkout"),
+        "   still serving the last good flags: new-checkout={}, source {}",
+        flags.value(&NEW_CHECKOUT),
         flags.snapshot().source()
     );
 
@@ -115,16 +120,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     .await
     .is_ok();
     println!(
-        "   recovered: {recovered}; new-checkout={:?}",
-        flags.get_bool("new-checkout")
+        "   recovered: {recovered}; new-checkout={}",
+        flags.value(&NEW_CHECKOUT)
     );
 
     println!("7. shutdown: the poller stops, reads keep serving the last snapshot");
     flags.shutdown().await;
     println!(
-        "   status: {}; new-checkout={:?}",
+        "   status: {}; new-checkout={}",
         flags.status().as_str(),
-        flags.get_bool("new-checkout")
+        flags.value(&NEW_CHECKOUT)
     );
     drop(flags);
     watcher.await?;
@@ -138,9 +143,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build()?;
     restarted.wait_until_ready(Duration::from_secs(5)).await;
     println!(
-        "   source {}, new-checkout={:?}, requests since restart: {}",
+        "   source {}, new-checkout={}, requests since restart: {}",
         restarted.snapshot().source(),
-        restarted.get_bool("new-checkout"),
+        restarted.value(&NEW_CHECKOUT),
         server.received_requests().await.map_or(0, |r| r.len())
     );
     restarted.shutdown().await;

@@ -1,10 +1,11 @@
-//! The public handle: reads, refresh, subscriptions, status, shutdown.
+//! The public handle: refresh, subscriptions, status, shutdown; the reads are in `client/read.rs`.
+
+mod read;
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -12,7 +13,6 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::config::Config;
 use crate::error::Error;
-use crate::key::FlagKey;
 use crate::layers::{Layers, OverrideOp};
 use crate::poller::{Command, Poller};
 use crate::reply::{Refresh, Saved, SetEnabled, Shutdown};
@@ -25,7 +25,8 @@ use crate::transport::Transport;
 
 /// A handle on the live flag set. Cheap to clone; every clone reads the same flags.
 ///
-/// Reads (`get_*`, [`snapshot`](Self::snapshot)) are plain synchronous calls: they load the
+/// Reads ([`value`](Self::value) of a typed [`Flag`](crate::Flag), `get_*` by name,
+/// [`snapshot`](Self::snapshot)) are plain synchronous calls: they load the
 /// current [`Snapshot`] from an `ArcSwap` and never await, lock or (for scalars) allocate, so
 /// they are safe on any hot path and in any thread. One background task, spawned by
 /// [`FlagsBuilder::build`](crate::FlagsBuilder::build), does all I/O.
@@ -46,7 +47,9 @@ use crate::transport::Transport;
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), flagpole::Error> {
 /// use std::time::Duration;
-/// use flagpole::{Flags, Source};
+/// use flagpole::{Flag, Flags, Source};
+///
+/// static BETA: Flag<bool> = Flag::new("beta", false);
 ///
 /// let flags = Flags::builder()
 ///     .transport(Api) // the default is HTTP to the Client Config API
@@ -54,7 +57,7 @@ use crate::transport::Transport;
 ///     .build()?;
 /// assert!(flags.wait_until_ready(Duration::from_secs(5)).await);
 /// assert_eq!(flags.snapshot().source(), Source::Network);
-/// assert!(flags.get_bool_or("beta", false));
+/// assert!(flags.value(&BETA));
 /// assert_eq!(flags.get_i64("max"), Some(3));
 /// assert!(flags.status().is_fresh());
 /// flags.shutdown().await;
@@ -168,143 +171,6 @@ impl Flags {
             Some(link) => link.commands.send(command).map_err(|_| Error::Stopped),
             None => Err(Error::Disabled),
         }
-    }
-
-    /// The current snapshot: one consistent view of every flag, to keep as long as needed.
-    /// See [`Snapshot`] for an example.
-    pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.inner.shared.load_full()
-    }
-
-    // Reads go through a short-lived guard: no reference count is touched and nothing allocates.
-    fn with<T>(&self, read: impl FnOnce(&Snapshot) -> T) -> T {
-        read(&self.inner.shared.load())
-    }
-
-    /// The flag as a boolean; `None` when absent or of another type.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() {
-    /// let flags = flagpole::Flags::builder()
-    ///     .default_flag("beta", true)
-    ///     .default_flag("ratio", 0.5)
-    ///     .enabled(false)
-    ///     .build()
-    ///     .unwrap();
-    /// assert_eq!(flags.get_bool("beta"), Some(true));
-    /// assert_eq!(flags.get_bool("ratio"), None); // another type
-    /// assert_eq!(flags.get_f64("ratio"), Some(0.5));
-    /// assert_eq!(flags.get_i64("missing"), None);
-    /// assert!(flags.get_bool_or("missing", true));
-    /// # }
-    /// ```
-    pub fn get_bool(&self, name: &str) -> Option<bool> {
-        self.with(|s| s.get_bool(name))
-    }
-
-    /// The flag as an integer; `None` when absent, not an integer, or out of range.
-    pub fn get_i64(&self, name: &str) -> Option<i64> {
-        self.with(|s| s.get_i64(name))
-    }
-
-    /// The flag as a float (integers convert); `None` when absent or not a number.
-    pub fn get_f64(&self, name: &str) -> Option<f64> {
-        self.with(|s| s.get_f64(name))
-    }
-
-    /// The flag as a shared string: the snapshot's own copy, handed out without copying the text.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() {
-    /// let flags = flagpole::Flags::builder()
-    ///     .default_flag("banner", "hello")
-    ///     .enabled(false)
-    ///     .build()
-    ///     .unwrap();
-    /// assert_eq!(flags.get_str("banner").as_deref(), Some("hello"));
-    /// assert_eq!(&*flags.get_str_or("missing", "none"), "none");
-    /// # }
-    /// ```
-    pub fn get_str(&self, name: &str) -> Option<Arc<str>> {
-        self.with(|s| s.flag(name).and_then(|f| f.text.clone()))
-    }
-
-    /// The flag's JSON value, cloned. To borrow instead, read from [`snapshot`](Self::snapshot).
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() {
-    /// use serde_json::json;
-    ///
-    /// let flags = flagpole::Flags::builder()
-    ///     .default_flag("theme", json!({"accent": "teal"}))
-    ///     .enabled(false)
-    ///     .build()
-    ///     .unwrap();
-    /// assert_eq!(flags.get("theme"), Some(json!({"accent": "teal"})));
-    /// assert_eq!(flags.names(), vec!["theme"]);
-    /// # }
-    /// ```
-    pub fn get(&self, name: &str) -> Option<Value> {
-        self.with(|s| s.get(name).cloned())
-    }
-
-    /// The flag deserialized into `T`; `None` when absent or of another shape.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() {
-    /// #[derive(serde::Deserialize)]
-    /// struct Limits { max: u32 }
-    ///
-    /// let flags = flagpole::Flags::builder()
-    ///     .default_flag("limits", serde_json::json!({"max": 3}))
-    ///     .enabled(false)
-    ///     .build()
-    ///     .unwrap();
-    /// assert_eq!(flags.get_as::<Limits>("limits").unwrap().max, 3);
-    /// assert!(flags.get_as::<Vec<u8>>("limits").is_none());
-    /// # }
-    /// ```
-    pub fn get_as<T: DeserializeOwned>(&self, name: &str) -> Option<T> {
-        self.with(|s| s.get_as(name))
-    }
-
-    /// [`get_bool`](Self::get_bool), or `default` when absent or of another type.
-    pub fn get_bool_or(&self, name: &str, default: bool) -> bool {
-        self.get_bool(name).unwrap_or(default)
-    }
-
-    /// [`get_i64`](Self::get_i64), or `default`.
-    pub fn get_i64_or(&self, name: &str, default: i64) -> i64 {
-        self.get_i64(name).unwrap_or(default)
-    }
-
-    /// [`get_f64`](Self::get_f64), or `default`.
-    pub fn get_f64_or(&self, name: &str, default: f64) -> f64 {
-        self.get_f64(name).unwrap_or(default)
-    }
-
-    /// [`get_str`](Self::get_str), or `default` (allocated only when it is used).
-    pub fn get_str_or(&self, name: &str, default: &str) -> Arc<str> {
-        self.get_str(name).unwrap_or_else(|| Arc::from(default))
-    }
-
-    /// [`get`](Self::get), or `default`.
-    pub fn get_or(&self, name: &str, default: Value) -> Value {
-        self.get(name).unwrap_or(default)
-    }
-
-    /// [`get_as`](Self::get_as), or `default`.
-    pub fn get_as_or<T: DeserializeOwned>(&self, name: &str, default: T) -> T {
-        self.get_as(name).unwrap_or(default)
-    }
-
-    /// Every flag name served now, sorted.
-    pub fn names(&self) -> Vec<String> {
-        self.with(|s| s.names().into_iter().map(str::to_owned).collect())
     }
 
     /// Fetches now and returns the resulting snapshot.
@@ -633,99 +499,7 @@ impl Flags {
     }
 }
 
-/// Reads for the hottest paths: pre-resolved keys, borrowed strings, one consistent view.
 impl Flags {
-    /// A [`FlagKey`] for `name`, for reads that neither hash nor compare the name (see
-    /// [`get_bool_key`](Self::get_bool_key)). Make it once (at start-up, in a `static` or a
-    /// struct field) and keep it; it stays valid across refreshes.
-    pub fn key(&self, name: &str) -> FlagKey {
-        FlagKey::new(name)
-    }
-
-    /// [`get_bool`](Self::get_bool) through a pre-resolved key: the fastest read.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() {
-    /// let flags = flagpole::Flags::builder()
-    ///     .default_flag("checkout-v2", true)
-    ///     .enabled(false)
-    ///     .build()
-    ///     .unwrap();
-    /// let checkout = flags.key("checkout-v2");
-    /// if flags.get_bool_key(&checkout).unwrap_or(false) {
-    ///     // the new checkout
-    /// }
-    /// # }
-    /// ```
-    pub fn get_bool_key(&self, key: &FlagKey) -> Option<bool> {
-        self.with(|s| s.get_bool_key(key))
-    }
-
-    /// [`get_i64`](Self::get_i64) through a pre-resolved key.
-    pub fn get_i64_key(&self, key: &FlagKey) -> Option<i64> {
-        self.with(|s| s.get_i64_key(key))
-    }
-
-    /// [`get_f64`](Self::get_f64) through a pre-resolved key.
-    pub fn get_f64_key(&self, key: &FlagKey) -> Option<f64> {
-        self.with(|s| s.get_f64_key(key))
-    }
-
-    /// [`get_str`](Self::get_str) through a pre-resolved key.
-    pub fn get_str_key(&self, key: &FlagKey) -> Option<Arc<str>> {
-        self.with(|s| s.flag_by_key(key).and_then(|f| f.text.clone()))
-    }
-
-    /// Calls `read` with the flag as a string slice borrowed from the current snapshot (`None`
-    /// when absent or not a string). Unlike [`get_str`](Self::get_str) it touches no reference
-    /// count, so threads reading the same string never contend on it.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() {
-    /// let flags = flagpole::Flags::builder()
-    ///     .default_flag("theme", "dark")
-    ///     .enabled(false)
-    ///     .build()
-    ///     .unwrap();
-    /// assert!(flags.with_str("theme", |theme| theme == Some("dark")));
-    /// assert_eq!(flags.with_str("missing", |theme| theme.map(str::len)), None);
-    /// # }
-    /// ```
-    pub fn with_str<R>(&self, name: &str, read: impl FnOnce(Option<&str>) -> R) -> R {
-        self.with(|s| read(s.get_str(name)))
-    }
-
-    /// [`with_str`](Self::with_str) through a pre-resolved key.
-    pub fn with_str_key<R>(&self, key: &FlagKey, read: impl FnOnce(Option<&str>) -> R) -> R {
-        self.with(|s| read(s.get_str_key(key)))
-    }
-
-    /// Calls `read` with the current snapshot: several flags from one consistent view, without
-    /// the reference-count increment of [`snapshot`](Self::snapshot). Keep `read` short: the
-    /// view it borrows stays alive until it returns. To keep a view longer, use
-    /// [`snapshot`](Self::snapshot).
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() {
-    /// let flags = flagpole::Flags::builder()
-    ///     .default_flag("checkout-v2", true)
-    ///     .default_flag("max-items", 50)
-    ///     .enabled(false)
-    ///     .build()
-    ///     .unwrap();
-    /// let (on, max) = flags.with_snapshot(|s| {
-    ///     (s.get_bool("checkout-v2").unwrap_or(false), s.get_i64("max-items").unwrap_or(10))
-    /// });
-    /// assert_eq!((on, max), (true, 50));
-    /// # }
-    /// ```
-    pub fn with_snapshot<R>(&self, read: impl FnOnce(&Snapshot) -> R) -> R {
-        self.with(read)
-    }
-
     #[cfg(feature = "test-util")]
     pub(crate) fn shared(&self) -> &Shared {
         &self.inner.shared

@@ -2,21 +2,11 @@
 //! publishing them is [`shared`](crate::shared)'s job.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use crate::rollout::Processed;
-use crate::snapshot::{Snapshot, Source};
-
-/// The remote flags as served (already processed), with their provenance.
-#[derive(Debug, Clone)]
-pub(crate) struct RemoteLayer {
-    pub(crate) processed: Arc<Processed>,
-    pub(crate) source: Source,
-    pub(crate) cache_timestamp: u64,
-    pub(crate) etag: Option<String>,
-}
+pub(crate) use crate::snapshot::RemoteLayer;
+use crate::snapshot::Snapshot;
 
 /// A change to the local overrides.
 #[derive(Debug, Clone)]

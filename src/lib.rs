@@ -9,8 +9,10 @@
 //!
 //! flagpole keeps the flags in an immutable [`Snapshot`] published through an `ArcSwap`:
 //!
-//! - **Reads** ([`Flags::get_bool`] and friends) are synchronous, never await, never lock, and do
-//!   not allocate for scalars.
+//! - **Reads** are synchronous, never await, never lock, and do not allocate: flags the code knows
+//!   are declared once as typed [`Flag`]s (name, type, default) and read with [`Flags::value`],
+//!   the fastest read; any flag can be read by name ([`Flags::get_bool`] and friends). A
+//!   [`Snapshot`] has the same reads, on one consistent view.
 //! - **One background poller** fetches on an interval (default one day), retries failures with
 //!   jittered exponential backoff, honours `Retry-After`, and runs at most one request at a time.
 //! - **Nothing is lost**: a failure never replaces good flags; the last good set is persisted in a
@@ -28,21 +30,31 @@
 //! # Quick start
 //!
 //! ```no_run
+//! use std::sync::Arc;
 //! use std::time::Duration;
-//! use flagpole::{Environment, FileStore, Flags};
+//! use flagpole::{Environment, FileStore, Flag, Flags};
+//!
+//! // Declared once, as statics: name, type and default.
+//! static NEW_CHECKOUT: Flag<bool> = Flag::new("new-checkout", false);
+//! static MAX_ITEMS: Flag<i64> = Flag::new("max-items", 50);
+//! static BANNER: Flag<&'static str> = Flag::new("banner", "hello");
 //!
 //! # #[tokio::main]
 //! # async fn main() -> Result<(), flagpole::Error> {
 //! let flags = Flags::builder()
 //!     .environment(Environment::Prod)
 //!     .store(FileStore::new("/var/cache/myapp/flags.json"))
-//!     .default_flag("new-checkout", false)
 //!     .build()?;
 //! flags.wait_until_ready(Duration::from_secs(2)).await;
 //!
-//! if flags.get_bool_or("new-checkout", false) {
-//!     // ...
+//! if flags.value(&NEW_CHECKOUT) {
+//!     // the remote value, or the Flag's default
 //! }
+//! let n: i64 = flags.value(&MAX_ITEMS);
+//! let banner: Arc<str> = flags.value(&BANNER); // no copy of the string
+//! let snapshot = flags.snapshot(); // several flags from one moment, the same reads
+//! let same: bool = snapshot.value(&NEW_CHECKOUT);
+//! let by_name: Option<bool> = flags.get_bool("named-at-runtime");
 //! let mut changes = flags.subscribe();
 //! tokio::spawn(async move {
 //!     while changes.changed().await.is_ok() {
@@ -62,7 +74,7 @@
 //!                                       ▼                   ▲
 //!   Store (file) ──load at start──▶  Poller task ──publish──┤
 //!         ▲                          │   ▲                  ▼
-//!         └──────save after fetch────┘   │          ArcSwap<Snapshot> ◀── get_bool / get / snapshot()
+//!         └──────save after fetch────┘   │          ArcSwap<Snapshot> ◀── value / get_bool / snapshot()
 //!                             Transport ─▶ Client Config API        (sync, never awaits or locks)
 //! ```
 //!
@@ -72,7 +84,10 @@
 //!   saves each good flag set.
 //! - Each flag set becomes an immutable [`Snapshot`], published twice: into an `ArcSwap` that
 //!   every read loads without locking, and into a `watch` channel for [`Flags::subscribe`]. The
-//!   poller's health goes into another `watch` channel as a [`Status`].
+//!   poller's health goes into another `watch` channel as a [`Status`]. Beside the `ArcSwap`,
+//!   each handle keeps every flag's boolean or number reading in atomic cells, rewritten at each
+//!   publish under a sequence lock, so that [`Flags::value`] of a scalar [`Flag`] is a few
+//!   atomic loads and holds nothing that could keep an old snapshot alive.
 //! - A snapshot is built from three layers, later winning: the caller's defaults, the remote flags
 //!   processed for this client as MetaMask does (version-gated values for the
 //!   [client version](FlagsBuilder::client_version), threshold rollouts and explicit targeting for
@@ -150,9 +165,12 @@ mod builder;
 mod client;
 mod clock;
 mod config;
+mod current;
 mod defaults;
+mod entry;
 mod error;
 mod fetch;
+mod flag;
 #[cfg(feature = "test-util")]
 #[doc(hidden)]
 pub mod hooks;
@@ -174,6 +192,8 @@ mod table;
 mod transport;
 mod wait;
 
+pub use flag::{Flag, FlagValue};
+
 pub use builder::FlagsBuilder;
 pub use client::Flags;
 pub use config::{Client, Distribution, Environment};
@@ -182,7 +202,6 @@ pub use defaults::{
     DEFAULT_MAX_BODY_BYTES, DEFAULT_SCHEDULE_JITTER, DEFAULT_TIMEOUT, USER_AGENT,
 };
 pub use error::{Error, UnknownValue};
-pub use key::FlagKey;
 #[cfg(feature = "openfeature")]
 pub use openfeature::{FlagpoleProvider, ProviderEvent, ProviderEvents, DEFAULT_INIT_TIMEOUT};
 pub use reply::{Refresh, Saved, SetEnabled, Shutdown};

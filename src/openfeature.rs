@@ -150,7 +150,7 @@ impl FlagpoleProvider {
         convert: impl FnOnce(&Value) -> Option<T>,
     ) -> EvaluationResult<ResolutionDetails<T>> {
         let snapshot = self.flags.snapshot();
-        let Some(value) = snapshot.get(name) else {
+        let Some(value) = snapshot.get_ref(name) else {
             return Err(self.missing(name, &snapshot));
         };
         let Some(value) = convert(value) else {
@@ -454,7 +454,7 @@ impl ProviderEvents {
 fn changed_names(old: &Snapshot, new: &Snapshot) -> Vec<String> {
     let mut names: Vec<String> = new
         .iter()
-        .filter(|(name, value)| old.get(name) != Some(*value))
+        .filter(|(name, value)| old.get_ref(name) != Some(*value))
         .map(|(name, _)| name.to_owned())
         .chain(
             old.iter()

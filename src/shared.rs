@@ -5,9 +5,10 @@
 
 use std::sync::{Arc, Mutex};
 
-use arc_swap::{ArcSwap, Guard};
+use arc_swap::Guard;
 use tokio::sync::watch;
 
+use crate::current::Current;
 use crate::layers::Layers;
 use crate::snapshot::Snapshot;
 use crate::status::Status;
@@ -15,7 +16,7 @@ use crate::status::Status;
 /// What the poller publishes and the handles read.
 #[derive(Debug)]
 pub(crate) struct Shared {
-    current: ArcSwap<Snapshot>,
+    current: Current,
     snapshots: watch::Sender<Arc<Snapshot>>,
     status: watch::Sender<Status>,
     layers: Mutex<Layers>,
@@ -25,7 +26,7 @@ impl Shared {
     pub(crate) fn new(layers: Layers, status: Status) -> Self {
         let initial = Arc::new(layers.snapshot());
         Shared {
-            current: ArcSwap::new(Arc::clone(&initial)),
+            current: Current::new(Arc::clone(&initial)),
             snapshots: watch::Sender::new(initial),
             status: watch::Sender::new(status),
             layers: Mutex::new(layers),
@@ -35,6 +36,11 @@ impl Shared {
     /// The current snapshot, for a short read: no reference count is touched.
     pub(crate) fn load(&self) -> Guard<Arc<Snapshot>> {
         self.current.load()
+    }
+
+    /// The current snapshot with its scalars, for the fastest typed reads.
+    pub(crate) fn current(&self) -> &Current {
+        &self.current
     }
 
     /// The current snapshot, to keep.

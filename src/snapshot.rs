@@ -7,10 +7,10 @@ use std::sync::Arc;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-use crate::key::FlagKey;
-use crate::layers::RemoteLayer;
+use crate::entry::{Entry, Origin, Scalar};
+use crate::flag::{Flag, FlagValue};
+use crate::rollout::Processed;
 pub(crate) use crate::table::FlagMap;
-use crate::table::Scalar;
 
 /// Where the flags of a [`Snapshot`] came from.
 ///
@@ -53,42 +53,19 @@ impl fmt::Display for Source {
     }
 }
 
-/// One flag's value plus its string form, shared so that
-/// [`Flags::get_str`](crate::Flags::get_str) can hand it out without copying.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Flag {
-    pub(crate) value: Value,
-    pub(crate) text: Option<Arc<str>>,
-    /// Which layer the value comes from.
-    pub(crate) origin: Origin,
-    /// The boolean or number reading, worked out once at publish time.
-    pub(crate) scalar: Scalar,
-}
-
-/// The layer a served value comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Origin {
-    Default,
-    Remote,
-    Override,
-}
-
-impl Flag {
-    pub(crate) fn new(value: Value, origin: Origin) -> Self {
-        let text = value.as_str().map(Arc::from);
-        let scalar = Scalar::of(&value);
-        Flag {
-            value,
-            text,
-            origin,
-            scalar,
-        }
-    }
+/// The remote flags as served (already processed), with their provenance: the remote layer of a
+/// snapshot.
+#[derive(Debug, Clone)]
+pub(crate) struct RemoteLayer {
+    pub(crate) processed: Arc<Processed>,
+    pub(crate) source: Source,
+    pub(crate) cache_timestamp: u64,
+    pub(crate) etag: Option<String>,
 }
 
 // `FlagMap` (src/table.rs): the map is built once per publish and read millions of times, so
 // names get a short inline hash (foldhash past 32 bytes) and every flag gets a slot that a
-// `FlagKey` can remember; keys come from the configured flag service, not from end users.
+// `Flag` can remember; keys come from the configured flag service, not from end users.
 
 /// An immutable, consistent view of every flag at one moment.
 ///
@@ -105,7 +82,7 @@ impl Flag {
 ///     .build()
 ///     .unwrap();
 /// let view = flags.snapshot();
-/// assert_eq!(view.get_str("checkout"), Some("v2"));
+/// assert_eq!(view.get_str("checkout"), Some("v2".into()));
 /// assert_eq!(view.get_i64("max-items"), Some(50));
 /// assert_eq!(view.source(), flagpole::Source::Defaults);
 /// # }
@@ -158,18 +135,18 @@ impl Snapshot {
         let hidden: HashSet<&str> = remote.iter().flat_map(|r| r.processed.hidden()).collect();
         for (name, value) in defaults {
             if !hidden.contains(name.as_str()) {
-                let flag = Flag::new(value.clone(), Origin::Default);
+                let flag = Entry::new(value.clone(), Origin::Default);
                 flags.insert(name.as_str().into(), flag);
             }
         }
         for (name, value) in remote.iter().flat_map(|r| r.processed.served()) {
             if let Some(value) = value {
-                let flag = Flag::new(value.clone(), Origin::Remote);
+                let flag = Entry::new(value.clone(), Origin::Remote);
                 flags.insert(name.into(), flag);
             }
         }
         for (name, value) in overrides.into_iter().flatten() {
-            let flag = Flag::new(value.clone(), Origin::Override);
+            let flag = Entry::new(value.clone(), Origin::Override);
             flags.insert(name.as_str().into(), flag);
         }
         match remote {
@@ -193,38 +170,137 @@ impl Snapshot {
         self.source == other.source && self.flags == other.flags && self.groups == other.groups
     }
 
-    pub(crate) fn flag(&self, name: &str) -> Option<&Flag> {
+    fn entry(&self, name: &str) -> Option<&Entry> {
         self.flags.get(name)
     }
 
-    /// The flag's JSON value.
-    pub fn get(&self, name: &str) -> Option<&Value> {
-        self.flags.get(name).map(|f| &f.value)
+    /// The flag's JSON value, borrowed from this snapshot: [`get`](Self::get) without the clone.
+    /// Only a held snapshot can lend a value, so this read has no twin on
+    /// [`Flags`](crate::Flags).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let flags = flagpole::Flags::builder()
+    ///     .default_flag("sizes", serde_json::json!([1, 2, 3]))
+    ///     .enabled(false)
+    ///     .build()
+    ///     .unwrap();
+    /// let view = flags.snapshot();
+    /// let sizes = view.get_ref("sizes").and_then(|v| v.as_array()).map_or(0, Vec::len);
+    /// assert_eq!(sizes, 3);
+    /// # }
+    /// ```
+    pub fn get_ref(&self, name: &str) -> Option<&Value> {
+        self.entry(name).map(|f| &f.value)
+    }
+
+    /// The served value of a typed [`Flag`], or the `Flag`'s default when the flag is missing
+    /// or of another type: the fastest read, with no hashing once the `Flag` knows this flag set.
+    /// The same read as [`Flags::value`](crate::Flags::value), on this one view.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use flagpole::Flag;
+    ///
+    /// static CHECKOUT: Flag<bool> = Flag::new("new-checkout", false);
+    /// static MAX_ITEMS: Flag<i64> = Flag::new("max-items", 10);
+    ///
+    /// let flags = flagpole::Flags::builder()
+    ///     .default_flag("new-checkout", true)
+    ///     .enabled(false)
+    ///     .build()
+    ///     .unwrap();
+    /// let view = flags.snapshot(); // both reads agree with each other
+    /// assert_eq!((view.value(&CHECKOUT), view.value(&MAX_ITEMS)), (true, 10));
+    /// # }
+    /// ```
+    #[inline]
+    pub fn value<T: FlagValue>(&self, flag: &Flag<T>) -> T::Output {
+        flag.read(&self.flags)
+    }
+
+    /// The flag's JSON value, cloned; `None` when absent. Owned, as from
+    /// [`Flags::get`](crate::Flags::get); to borrow it instead, use [`get_ref`](Self::get_ref).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use serde_json::json;
+    ///
+    /// let flags = flagpole::Flags::builder()
+    ///     .default_flag("theme", json!({"accent": "teal"}))
+    ///     .enabled(false)
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(flags.snapshot().get("theme"), Some(json!({"accent": "teal"})));
+    /// # }
+    /// ```
+    pub fn get(&self, name: &str) -> Option<Value> {
+        self.entry(name).map(|f| f.value.clone())
     }
 
     /// The flag as a boolean; `None` when absent or not a boolean.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let flags = flagpole::Flags::builder()
+    ///     .default_flag("beta", true)
+    ///     .default_flag("max", 3)
+    ///     .enabled(false)
+    ///     .build()
+    ///     .unwrap();
+    /// let view = flags.snapshot();
+    /// assert_eq!(view.get_bool("beta"), Some(true));
+    /// assert_eq!((view.get_i64("max"), view.get_f64("max")), (Some(3), Some(3.0)));
+    /// assert_eq!(view.get_bool("max"), None); // another type
+    /// # }
+    /// ```
     pub fn get_bool(&self, name: &str) -> Option<bool> {
-        self.flag(name)?.scalar.as_bool()
+        self.entry(name)?.scalar.as_bool()
     }
 
     /// The flag as an integer; `None` when absent, not a number, fractional or out of range.
     pub fn get_i64(&self, name: &str) -> Option<i64> {
-        self.flag(name)?.scalar.as_i64()
+        self.entry(name)?.scalar.as_i64()
     }
 
     /// The flag as a float (integers convert); `None` when absent or not a number.
     pub fn get_f64(&self, name: &str) -> Option<f64> {
-        self.flag(name)?.scalar.as_f64()
+        self.entry(name)?.scalar.as_f64()
     }
 
-    /// The flag as a string slice, borrowed from the snapshot; `None` when absent or not a string.
-    pub fn get_str(&self, name: &str) -> Option<&str> {
-        self.get(name)?.as_str()
+    /// The flag as a shared string: the snapshot's own copy, handed out without copying the
+    /// text; `None` when absent or not a string.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let flags = flagpole::Flags::builder().default_flag("banner", "hi").enabled(false).build().unwrap();
+    /// assert_eq!(flags.snapshot().get_str("banner").as_deref(), Some("hi"));
+    /// # }
+    /// ```
+    pub fn get_str(&self, name: &str) -> Option<Arc<str>> {
+        self.entry(name)?.text.clone()
     }
 
     /// The flag deserialized into `T`; `None` when absent or of another shape.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let flags = flagpole::Flags::builder()
+    ///     .default_flag("sizes", serde_json::json!([1, 2]))
+    ///     .enabled(false)
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(flags.snapshot().get_as::<Vec<u8>>("sizes"), Some(vec![1, 2]));
+    /// # }
+    /// ```
     pub fn get_as<T: DeserializeOwned>(&self, name: &str) -> Option<T> {
-        T::deserialize(self.get(name)?).ok()
+        T::deserialize(&self.entry(name)?.value).ok()
     }
 
     /// Whether a flag of this name is served (from remote or defaults).
@@ -263,9 +339,9 @@ impl Snapshot {
             .is_some_and(|f| f.origin == Origin::Override)
     }
 
-    /// Every flag name, sorted.
-    pub fn names(&self) -> Vec<&str> {
-        let mut names: Vec<&str> = self.flags.keys().map(|k| &**k).collect();
+    /// Every flag name, sorted. Owned, as from [`Flags::names`](crate::Flags::names).
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.flags.keys().map(|k| k.to_string()).collect();
         names.sort_unstable();
         names
     }
@@ -312,38 +388,18 @@ impl Snapshot {
         self.groups.iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
 
-    pub(crate) fn flag_by_key(&self, key: &FlagKey) -> Option<&Flag> {
-        key.find(&self.flags)
+    /// Every flag's scalar reading, by slot.
+    pub(crate) fn scalars(&self) -> impl Iterator<Item = Scalar> + '_ {
+        self.flags.iter().map(|(_, entry)| entry.scalar)
     }
 
-    /// The flag's JSON value, through a pre-resolved [`FlagKey`].
-    pub fn get_key(&self, key: &FlagKey) -> Option<&Value> {
-        self.flag_by_key(key).map(|f| &f.value)
-    }
-
-    /// [`get_bool`](Self::get_bool) through a pre-resolved [`FlagKey`]: no hashing once the key
-    /// knows this flag set.
-    pub fn get_bool_key(&self, key: &FlagKey) -> Option<bool> {
-        self.flag_by_key(key)?.scalar.as_bool()
-    }
-
-    /// [`get_i64`](Self::get_i64) through a pre-resolved [`FlagKey`].
-    pub fn get_i64_key(&self, key: &FlagKey) -> Option<i64> {
-        self.flag_by_key(key)?.scalar.as_i64()
-    }
-
-    /// [`get_f64`](Self::get_f64) through a pre-resolved [`FlagKey`].
-    pub fn get_f64_key(&self, key: &FlagKey) -> Option<f64> {
-        self.flag_by_key(key)?.scalar.as_f64()
-    }
-
-    /// [`get_str`](Self::get_str) through a pre-resolved [`FlagKey`].
-    pub fn get_str_key(&self, key: &FlagKey) -> Option<&str> {
-        self.flag_by_key(key)?.value.as_str()
+    /// The id of the flag layout (names and slots), as [`Flag`]s remember it.
+    pub(crate) fn layout_id(&self) -> u64 {
+        self.flags.layout_id()
     }
 
     /// Takes over `previous`'s flag layout when both serve the same names in the same order, so
-    /// that keys resolved against `previous` stay resolved. Called just before publishing.
+    /// that [`Flag`]s resolved against `previous` stay resolved. Called just before publishing.
     pub(crate) fn share_layout(&mut self, previous: &Snapshot) -> bool {
         self.flags.share_layout(&previous.flags)
     }
@@ -393,7 +449,7 @@ mod tests {
         assert_eq!(s.get_f64("f"), Some(2.5));
         assert_eq!(s.get_i64("f"), None);
         assert_eq!(s.get_i64("big"), None);
-        assert_eq!(s.get_str("s"), Some("on"));
+        assert_eq!(s.get_str("s").as_deref(), Some("on"));
         assert_eq!(s.get_bool("s"), None);
         assert_eq!(s.get_str("b"), None);
         assert_eq!(
@@ -415,7 +471,7 @@ mod tests {
             [("a".into(), json!(0)), ("b".into(), json!("d"))].into();
         let s = build(Some(remote(&flags)), &defaults);
         assert_eq!(s.get_i64("a"), Some(1));
-        assert_eq!(s.get_str("b"), Some("d"));
+        assert_eq!(s.get_str("b").as_deref(), Some("d"));
         assert!(!s.is_default("a"));
         assert!(s.is_default("b"));
         let s = build(None, &defaults);

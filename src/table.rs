@@ -1,10 +1,10 @@
 //! The snapshot's flag table: values in a `Vec`, names in a shared, append-only [`Layout`] with a
-//! small open-addressing index, so that a [`FlagKey`](crate::FlagKey) can remember a slot.
+//! small open-addressing index, so that a [`Flag`](crate::Flag) can remember a slot.
 //!
-//! Why not a `HashMap`: a by-name read must hash and probe anyway, but a pre-resolved key should
-//! not. Giving every flag a stable slot number within a layout lets a key cache
+//! Why not a `HashMap`: a by-name read must hash and probe anyway, but a read through a typed
+//! `Flag` should not. Giving every flag a stable slot number within a layout lets a `Flag` cache
 //! `(layout id, slot)` and read with one comparison and one index. Snapshots whose flag names are
-//! the same (in the same order) share one layout, so keys stay resolved across publishes.
+//! the same (in the same order) share one layout, so `Flag`s stay resolved across publishes.
 
 use std::hash::Hasher as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,7 +13,7 @@ use std::sync::{Arc, OnceLock};
 use foldhash::fast::FoldHasher;
 use foldhash::SharedSeed;
 
-use crate::snapshot::Flag;
+use crate::entry::Entry;
 
 /// Layout ids never repeat within a process; 0 means "none". Ids at or above
 /// [`MAX_CACHED_ID`] are valid but never cached by keys (their packing has 40 bits for the id).
@@ -30,8 +30,7 @@ fn next_layout_id() -> u64 {
     NEXT_LAYOUT_ID.fetch_add(1, Ordering::Relaxed)
 }
 
-/// The process-wide seed of the name hash: random per process, the same for every layout and
-/// key, so that a key's precomputed hash fits any snapshot.
+/// The process-wide seed of the name hash: random per process, the same for every layout.
 fn seed() -> u64 {
     static SEED: OnceLock<u64> = OnceLock::new();
     *SEED.get_or_init(|| fastrand::u64(..))
@@ -119,11 +118,6 @@ fn same_name(a: &[u8], b: &[u8]) -> bool {
     read8(a, len - 8) == read8(b, len - 8)
 }
 
-/// The hash of a flag name with this process's seed, as a key precomputes it.
-pub(crate) fn hash_name(name: &str) -> u64 {
-    hash_name_with(seed(), name)
-}
-
 /// Flag names and their slots. Append-only: within one id, slot `i` names the same flag forever,
 /// which is what lets keys cache `(id, slot)` without checking the name.
 #[derive(Debug)]
@@ -183,12 +177,6 @@ impl Layout {
         self.find_hashed(name, hash_name_with(self.seed, name))
     }
 
-    /// The slot of `name`, given its hash under this process's seed (a key's).
-    pub(crate) fn find_with_hash(&self, name: &str, hash: u64) -> Option<usize> {
-        debug_assert_eq!(self.seed, seed());
-        self.find_hashed(name, hash)
-    }
-
     fn push(&mut self, name: Box<str>, hash: u64) -> usize {
         // A name that was absent is now present: keys that cached "absent" under the old id
         // must not trust it, so any growth takes a new id.
@@ -226,71 +214,13 @@ fn index_len(capacity: usize) -> usize {
     (capacity.max(2) * 4).next_power_of_two()
 }
 
-/// A flag's scalar reading, worked out once when the snapshot is built so that typed reads are
-/// one match: the same answers as `serde_json::Value::as_bool`, `as_i64` and `as_f64`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) enum Scalar {
-    /// Not a boolean or a number (a string, null, an array or an object).
-    None,
-    Bool(bool),
-    /// An integer that fits `i64`.
-    Int(i64),
-    /// An integer above `i64::MAX`: readable as a float only.
-    BigUint(u64),
-    Float(f64),
-}
-
-impl Scalar {
-    pub(crate) fn of(value: &serde_json::Value) -> Self {
-        match value {
-            serde_json::Value::Bool(b) => Scalar::Bool(*b),
-            serde_json::Value::Number(n) => {
-                if let Some(i) = n.as_i64() {
-                    Scalar::Int(i)
-                } else if let Some(u) = n.as_u64() {
-                    Scalar::BigUint(u)
-                } else {
-                    Scalar::Float(n.as_f64().unwrap_or(f64::NAN))
-                }
-            }
-            _ => Scalar::None,
-        }
-    }
-
-    #[inline]
-    pub(crate) fn as_bool(self) -> Option<bool> {
-        match self {
-            Scalar::Bool(b) => Some(b),
-            _ => None,
-        }
-    }
-
-    #[inline]
-    pub(crate) fn as_i64(self) -> Option<i64> {
-        match self {
-            Scalar::Int(i) => Some(i),
-            _ => None,
-        }
-    }
-
-    #[inline]
-    pub(crate) fn as_f64(self) -> Option<f64> {
-        match self {
-            Scalar::Int(i) => Some(i as f64),
-            Scalar::BigUint(u) => Some(u as f64),
-            Scalar::Float(f) => Some(f),
-            _ => None,
-        }
-    }
-}
-
 /// Flags by name, in the order they were first inserted.
 #[derive(Debug, Clone)]
 pub(crate) struct FlagMap {
     layout: Arc<Layout>,
     /// `layout.id`, copied here so that a keyed read does not follow the layout pointer.
     layout_id: u64,
-    flags: Vec<Flag>,
+    flags: Vec<Entry>,
 }
 
 impl Default for FlagMap {
@@ -311,7 +241,7 @@ impl FlagMap {
     }
 
     /// The `HashMap` constructor's shape, so that code written against the former
-    /// `HashMap<Box<str>, Flag, foldhash::fast::RandomState>` alias keeps compiling. The hasher is
+    /// `HashMap<Box<str>, Entry, foldhash::fast::RandomState>` alias keeps compiling. The hasher is
     /// unused: names are hashed with the process-wide seed that keys share.
     pub(crate) fn with_capacity_and_hasher(
         capacity: usize,
@@ -321,7 +251,7 @@ impl FlagMap {
     }
 
     /// Inserts or replaces; a replaced flag keeps its slot. Returns the replaced flag.
-    pub(crate) fn insert(&mut self, name: Box<str>, flag: Flag) -> Option<Flag> {
+    pub(crate) fn insert(&mut self, name: Box<str>, flag: Entry) -> Option<Entry> {
         let hash = hash_name_with(self.layout.seed, &name);
         match self.layout.find_hashed(&name, hash) {
             Some(slot) => Some(std::mem::replace(&mut self.flags[slot], flag)),
@@ -337,13 +267,13 @@ impl FlagMap {
     }
 
     #[inline]
-    pub(crate) fn get(&self, name: &str) -> Option<&Flag> {
+    pub(crate) fn get(&self, name: &str) -> Option<&Entry> {
         self.layout.find(name).map(|slot| &self.flags[slot])
     }
 
     /// The flag in `slot`; `None` past the end.
     #[inline]
-    pub(crate) fn slot(&self, slot: usize) -> Option<&Flag> {
+    pub(crate) fn slot(&self, slot: usize) -> Option<&Entry> {
         self.flags.get(slot)
     }
 
@@ -365,7 +295,7 @@ impl FlagMap {
         self.layout.names.iter()
     }
 
-    pub(crate) fn iter(&self) -> impl ExactSizeIterator<Item = (&Box<str>, &Flag)> + '_ {
+    pub(crate) fn iter(&self) -> impl ExactSizeIterator<Item = (&Box<str>, &Entry)> + '_ {
         self.layout.names.iter().zip(&self.flags)
     }
 
@@ -411,39 +341,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn flag(v: serde_json::Value) -> Flag {
-        Flag::new(v, crate::snapshot::Origin::Remote)
-    }
-
-    #[test]
-    fn scalars_read_like_serde_json() {
-        let values = [
-            json!(true),
-            json!(false),
-            json!(0),
-            json!(-7),
-            json!(i64::MAX),
-            json!(i64::MIN),
-            json!(u64::MAX),
-            json!(2.5),
-            json!(7.0),
-            json!(-0.0),
-            json!(1e300),
-            json!("7"),
-            json!(null),
-            json!([1]),
-            json!({"a": 1}),
-        ];
-        for value in values {
-            let scalar = Scalar::of(&value);
-            assert_eq!(scalar.as_bool(), value.as_bool(), "{value}");
-            assert_eq!(scalar.as_i64(), value.as_i64(), "{value}");
-            assert_eq!(
-                scalar.as_f64().map(f64::to_bits),
-                value.as_f64().map(f64::to_bits),
-                "{value}"
-            );
-        }
+    fn flag(v: serde_json::Value) -> Entry {
+        Entry::new(v, crate::entry::Origin::Remote)
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
-use flagpole::{Flags, ScriptedResponse, ScriptedTransport};
+use flagpole::{Flag, Flags, ScriptedResponse, ScriptedTransport};
 use serde_json::json;
 
 struct Counting;
@@ -69,40 +69,50 @@ fn scalar_reads_do_not_allocate() {
             // Misses and wrong types take the same path.
             sink += usize::from(flags.get_bool("missing").is_none());
             sink += usize::from(flags.get_i64("s").is_none());
-            sink += usize::from(flags.get_bool_or("missing", true));
+            sink += usize::from(flags.get_bool("missing").unwrap_or(true));
         }
     });
     assert_eq!(sink, 10_000 * (1 + 42 + 2 + 4 + 1 + 1 + 1));
     assert_eq!(count, 0, "scalar reads allocated {count} times");
 
-    // Pre-resolved keys, borrowed strings and one-view reads: made outside the count (a key
-    // copies its name once), read inside it, the first read included (it resolves the key).
-    let keys = [
-        flags.key("on"),
-        flags.key("n"),
-        flags.key("x"),
-        flags.key("s"),
-        flags.key("missing"),
-    ];
-    let [on, n, x, s, missing] = &keys;
+    // Typed definitions: served values, missing flags and wrong types (the Flag's default),
+    // strings and string defaults, on the handle and on a snapshot; the first read included (it
+    // resolves the slot), except for a string default, allocated once per Flag at its first use.
+    static ON: Flag<bool> = Flag::new("on", false);
+    static N: Flag<i64> = Flag::new("n", 0);
+    static X: Flag<f64> = Flag::new("x", 0.0);
+    static S: Flag<&'static str> = Flag::new("s", "default");
+    static MISSING: Flag<&'static str> = Flag::new("missing", "default");
+    static WRONG: Flag<i64> = Flag::new("s", 3);
+    static ABSENT: Flag<bool> = Flag::new("absent", true);
+    let first = allocations_during(|| assert_eq!(&*flags.value(&MISSING), "default"));
+    assert_eq!(
+        first, 1,
+        "a string default is allocated once, at its first use"
+    );
+    let _ = flags.value(&WRONG); // its one debug log (none without a subscriber) outside the count
+    let snapshot = flags.snapshot();
     let mut sink = 0usize;
     let count = allocations_during(|| {
         for _ in 0..10_000 {
-            sink += usize::from(flags.get_bool_key(on).unwrap());
-            sink += flags.get_i64_key(n).unwrap() as usize;
-            sink += flags.get_f64_key(x).unwrap() as usize;
-            sink += flags.get_str_key(s).unwrap().len();
-            sink += flags.with_str_key(s, |s| s.unwrap().len());
-            sink += flags.with_str("s", |s| s.unwrap().len());
-            sink += usize::from(flags.get_bool_key(missing).is_none());
-            sink += usize::from(flags.get_i64_key(s).is_none());
-            sink += flags.with_snapshot(|view| {
-                usize::from(view.get_bool_key(on).unwrap()) + view.get_i64("n").unwrap() as usize
-            });
+            sink += usize::from(flags.value(&ON));
+            sink += flags.value(&N) as usize;
+            sink += flags.value(&X) as usize;
+            sink += flags.value(&S).len();
+            sink += flags.value(&MISSING).len();
+            sink += flags.value(&WRONG) as usize;
+            sink += usize::from(flags.value(&ABSENT));
+            sink += usize::from(snapshot.value(&ON)) + snapshot.value(&N) as usize;
+            sink += snapshot.value(&S).len() + snapshot.value(&MISSING).len();
+            sink += snapshot.get_str("s").unwrap().len();
+            sink += snapshot.get_ref("n").and_then(|v| v.as_u64()).unwrap() as usize;
         }
     });
-    assert_eq!(sink, 10_000 * (1 + 42 + 2 + 4 + 4 + 4 + 1 + 1 + 43));
-    assert_eq!(count, 0, "key and borrowed reads allocated {count} times");
+    assert_eq!(
+        sink,
+        10_000 * (1 + 42 + 2 + 4 + 7 + 3 + 1 + 43 + 11 + 4 + 42)
+    );
+    assert_eq!(count, 0, "typed reads allocated {count} times");
 
     // The counter itself works: a JSON read clones, and that is counted.
     let count = allocations_during(|| {

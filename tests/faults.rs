@@ -635,7 +635,7 @@ impl Expect {
 
 async fn assert_heals(flags: &Flags) {
     let snapshot = flags.refresh().await.expect("the server healed");
-    assert_eq!(snapshot.get_str("s"), Some("healed"));
+    assert_eq!(snapshot.get_str("s").as_deref(), Some("healed"));
     assert!(flags.status().is_fresh());
 }
 

@@ -79,12 +79,16 @@ async fn a_fetch_is_processed_for_this_client_before_it_is_served() {
     let flags = started().await;
     let s = flags.snapshot();
     assert_eq!(s.get_bool("plain"), Some(true));
-    assert_eq!(s.get_str("gated"), Some("new"), "13.2.0 <= 13.5.0 < 14.0.0");
+    assert_eq!(
+        s.get_str("gated").as_deref(),
+        Some("new"),
+        "13.2.0 <= 13.5.0 < 14.0.0"
+    );
     // No version qualifies: the flag is dropped and its default shows through.
     assert_eq!(s.get_bool("too-new"), Some(false));
     assert!(!s.contains("gone"), "remote null is dropped");
     // Segmented by the profile id: 0.861312 > 0.5, so the second group.
-    assert_eq!(s.get_str("newUI"), Some("B"));
+    assert_eq!(s.get_str("newUI").as_deref(), Some("B"));
     assert_eq!(s.threshold_group("newUI"), Some("treatment"));
     // A metrics flag: 0x1234abcd gives 0.8598 (the profile id would give 0.065814).
     assert_eq!(s.get_i64("checkout-v2"), Some(2));
@@ -92,11 +96,7 @@ async fn a_fetch_is_processed_for_this_client_before_it_is_served() {
     // A selected group without a value hides the flag, default included, and keeps its name.
     assert!(!s.contains("hidden"));
     assert_eq!(s.threshold_group("hidden"), Some("ghost"));
-    assert_eq!(
-        s.get("list"),
-        Some(&json!([1, 2, 3])),
-        "no scope: unchanged"
-    );
+    assert_eq!(s.get("list"), Some(json!([1, 2, 3])), "no scope: unchanged");
     assert_eq!(s.get_i64("only-default"), Some(7));
     let groups: Vec<_> = s.threshold_groups().collect();
     assert_eq!(
@@ -138,7 +138,7 @@ async fn the_persisted_raw_flags_are_processed_again_at_start() {
     ready(&second).await;
     let s = second.snapshot();
     assert_eq!(s.source(), Source::Cache);
-    assert_eq!(s.get_str("gated"), Some("new"));
+    assert_eq!(s.get_str("gated").as_deref(), Some("new"));
     assert_eq!(s.threshold_group("newUI"), Some("treatment"));
     assert_eq!(offline.request_count(), 0, "a fresh cache needs no request");
     second.shutdown().await;
@@ -265,7 +265,7 @@ async fn overrides_survive_a_restart_and_serve_while_disabled() {
         .await
         .expect("overrides restored")
         .clone();
-    assert_eq!(s.get_str("plain"), Some("overridden"));
+    assert_eq!(s.get_str("plain").as_deref(), Some("overridden"));
     assert!(!s.contains("temp"));
     assert_eq!(s.source(), Source::Defaults);
     assert_eq!(offline.request_count(), 0);
@@ -432,22 +432,18 @@ async fn an_override_made_as_a_fetch_ends_is_saved() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn keys_follow_override_changes() {
+async fn flag_definitions_follow_override_changes() {
+    static PLAIN: flagpole::Flag<bool> = flagpole::Flag::new("plain", false);
+    static NEW: flagpole::Flag<i64> = flagpole::Flag::new("brand-new", -1);
     let flags = started().await;
-    let key = flags.key("plain");
-    assert_eq!(flags.get_bool_key(&key), Some(true));
+    assert!(flags.value(&PLAIN));
     flags.set_override("plain", false).await.unwrap();
-    assert_eq!(flags.get_bool_key(&key), Some(false));
-    let new = flags.key("brand-new");
-    assert_eq!(flags.get_i64_key(&new), None);
+    assert!(!flags.value(&PLAIN));
+    assert_eq!(flags.value(&NEW), -1);
     flags.set_override("brand-new", 5).await.unwrap();
-    assert_eq!(
-        flags.get_i64_key(&new),
-        Some(5),
-        "a new name re-resolves the key"
-    );
+    assert_eq!(flags.value(&NEW), 5, "a new name re-resolves the Flag");
     flags.clear_overrides().await.unwrap();
-    assert_eq!(flags.get_bool_key(&key), Some(true));
-    assert_eq!(flags.get_i64_key(&new), None);
+    assert!(flags.value(&PLAIN));
+    assert_eq!(flags.value(&NEW), -1);
     flags.shutdown().await;
 }

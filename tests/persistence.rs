@@ -159,7 +159,7 @@ async fn keeps_working_without_its_cache(file: &Path, logs: &Captured, failed_sa
     assert_serves(&flags, "one").await;
     transport.set(ScriptedResponse::json(&json!([{"v": "two"}])));
     let snapshot = flags.refresh().await.expect("refresh without a cache file");
-    assert_eq!(snapshot.get_str("v"), Some("two"));
+    assert_eq!(snapshot.get_str("v").as_deref(), Some("two"));
     assert_serves(&flags, "two").await;
     assert_eq!(flags.get_str("d").as_deref(), Some("default"));
     flags.shutdown().await;

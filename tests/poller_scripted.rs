@@ -350,7 +350,7 @@ async fn api_down_with_cache_serves_cache_as_stale() {
     assert_eq!(snap.source(), Source::Cache);
     assert_eq!(snap.get_i64("a"), Some(7), "the cache wins over defaults");
     assert_eq!(
-        snap.get_str("d"),
+        snap.get_str("d").as_deref(),
         Some("default"),
         "defaults fill missing names"
     );
@@ -1013,7 +1013,7 @@ async fn stale_cache_etag_is_revalidated_by_304() {
     idle().await;
     assert_eq!(transport.requests()[0].headers["if-none-match"], "\"seed\"");
     let snap = flags.snapshot();
-    assert_eq!(snap.get_str("a"), Some("cached"));
+    assert_eq!(snap.get_str("a").as_deref(), Some("cached"));
     assert_eq!(snap.source(), Source::Network, "confirmed by the network");
     assert_eq!(snap.etag(), Some("\"seed\""));
     assert!(
@@ -1278,7 +1278,7 @@ async fn fresh_cache_flags_are_served_when_the_status_says_fresh() {
         status.wait_for(is_fresh).await.unwrap();
         let snapshot = flags.snapshot();
         assert_eq!(snapshot.source(), Source::Cache);
-        assert_eq!(snapshot.get_str("a"), Some("cached"));
+        assert_eq!(snapshot.get_str("a").as_deref(), Some("cached"));
     }
 }
 

@@ -5,8 +5,11 @@
 use std::sync::{Arc, Barrier};
 use std::thread;
 
-use flagpole::{Flags, ScriptedResponse, ScriptedTransport, Snapshot};
+use flagpole::{Flag, Flags, ScriptedResponse, ScriptedTransport, Snapshot};
 use serde_json::json;
+
+static VERSION: Flag<i64> = Flag::new("version", -1);
+static TEXT: Flag<&'static str> = Flag::new("s", "none");
 
 fn body(version: u64) -> ScriptedResponse {
     ScriptedResponse::json(&json!([{"on": true}, {"version": version}, {"s": "text"}]))
@@ -34,18 +37,19 @@ async fn publish(flags: &Flags, transport: &ScriptedTransport, version: u64) -> 
 #[tokio::test(start_paused = true)]
 async fn a_replaced_snapshot_is_freed_once_nobody_holds_it() {
     let (flags, transport) = flags().await;
-    let key = flags.key("version");
     let mut receiver = flags.subscribe();
-    // Reads of every kind, by name, by key, borrowed and owned.
+    // Reads of every kind: typed, by name, strings and JSON.
     assert_eq!(flags.get_bool("on"), Some(true));
-    assert_eq!(flags.get_i64_key(&key), Some(0));
+    assert_eq!(flags.value(&VERSION), 0);
+    assert_eq!(&*flags.value(&TEXT), "text");
     assert_eq!(flags.get_str("s").as_deref(), Some("text"));
-    flags.with_snapshot(|s| assert_eq!(s.len(), 3));
+    assert_eq!(flags.get("version"), Some(json!(0)));
+    assert_eq!(flags.snapshot().value(&VERSION), 0);
     let first = Arc::downgrade(&flags.snapshot());
     assert!(first.upgrade().is_some());
 
     publish(&flags, &transport, 1).await;
-    assert_eq!(flags.get_i64_key(&key), Some(1));
+    assert_eq!(flags.value(&VERSION), 1);
     assert!(
         first.upgrade().is_none(),
         "the first snapshot outlived its publish"
@@ -59,7 +63,7 @@ async fn a_held_snapshot_lives_until_its_holder_lets_go() {
     let (flags, transport) = flags().await;
     let held = flags.snapshot();
     let weak = Arc::downgrade(&held);
-    let string = flags.get_str("s").unwrap();
+    let string = flags.value(&TEXT);
     publish(&flags, &transport, 1).await;
     publish(&flags, &transport, 2).await;
     assert_eq!(
@@ -85,11 +89,10 @@ async fn reads_on_other_threads_do_not_pin_old_snapshots() {
         .map(|_| {
             let (flags, done, park) = (flags.clone(), Arc::clone(&done), Arc::clone(&park));
             thread::spawn(move || {
-                let key = flags.key("version");
                 for _ in 0..1000 {
-                    assert_eq!(flags.get_i64_key(&key), Some(0));
+                    assert_eq!(flags.value(&VERSION), 0);
                     assert_eq!(flags.get_bool("on"), Some(true));
-                    flags.with_str("s", |s| assert_eq!(s, Some("text")));
+                    assert_eq!(&*flags.value(&TEXT), "text");
                 }
                 done.wait();
                 park.wait();

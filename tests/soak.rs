@@ -144,13 +144,13 @@ fn flags_of(v: u64) -> Value {
 /// Whether `s` is one whole version of [`flags_of`]; returns the version.
 fn whole(s: &Snapshot) -> Result<u64, String> {
     let v = s
-        .get("version")
+        .get_ref("version")
         .and_then(Value::as_u64)
         .ok_or_else(|| format!("no version: {s:?}"))?;
     // No allocation here: the readers must not disturb the heap they measure.
     let blob = s.get_str("blob").unwrap_or_default();
-    let list = s.get("list").and_then(Value::as_array);
-    let consistent = s.get("a").and_then(Value::as_u64) == Some(v)
+    let list = s.get_ref("list").and_then(Value::as_array);
+    let consistent = s.get_ref("a").and_then(Value::as_u64) == Some(v)
         && s.get_str("b").and_then(|b| b.parse().ok()) == Some(v)
         && s.get_bool("even") == Some(v.is_multiple_of(2))
         && blob.len() == if v.is_multiple_of(2) { 1000 } else { 3000 }

@@ -39,6 +39,37 @@ pub fn raw(count: usize) -> HashMap<String, Value> {
     (0..count).map(|i| (name(i), value(i, 0))).collect()
 }
 
+/// The baseline set: `count` boolean flags named `feature-flag-number-N` (no padding),
+/// as a body in the wire format and as the raw map.
+pub fn bools_body(count: usize) -> Value {
+    let items: Vec<Value> = (0..count)
+        .map(|i| json!({ format!("feature-flag-number-{i}"): i % 2 == 0 }))
+        .collect();
+    Value::Array(items)
+}
+
+/// [`bools_body`] as a raw `HashMap<String, Value>` (std's default hasher).
+pub fn bools_raw(count: usize) -> HashMap<String, Value> {
+    (0..count)
+        .map(|i| (format!("feature-flag-number-{i}"), json!(i % 2 == 0)))
+        .collect()
+}
+
+/// A handle serving `body` (JSON in the wire format), fetched through the public API.
+pub fn flags_of(body: &Value) -> Flags {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let transport = ScriptedTransport::new();
+        transport.push(ScriptedResponse::json(body));
+        let flags = Flags::builder().transport(transport).build().unwrap();
+        flags.refresh().await.unwrap();
+        flags
+    })
+}
+
 /// A handle serving `count` flags, fetched through the public API (a scripted transport and one
 /// refresh), as a service would hold it.
 pub fn flags(count: usize) -> Flags {
