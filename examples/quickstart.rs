@@ -52,7 +52,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .backoff_max(Duration::from_millis(800))
         .build()?;
 
-    let ready = flags.wait_until_ready(Duration::from_secs(5)).await;
+    let ready = matches!(
+        tokio::time::timeout(Duration::from_secs(5), flags.ready()).await,
+        Ok(Ok(_))
+    );
     let view = flags.snapshot();
     println!(
         "2. first read (ready: {ready}, source: {}): new-checkout={} banner={:?} max-items={} theme.accent={:?} offline-mode={} (the Flag's default)",
@@ -141,7 +144,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .environment(Environment::Dev)
         .store(FileStore::new(cache_dir.path().join("flags.json")))
         .build()?;
-    restarted.wait_until_ready(Duration::from_secs(5)).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), restarted.ready()).await;
     println!(
         "   source {}, new-checkout={}, requests since restart: {}",
         restarted.snapshot().source(),

@@ -1,27 +1,23 @@
 //! The public handle: refresh, subscriptions, status, shutdown; the reads are in `client/read.rs`.
 
+mod new;
 mod read;
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::config::Config;
 use crate::error::Error;
-use crate::layers::{Layers, OverrideOp};
-use crate::poller::{Command, Poller};
+use crate::layers::OverrideOp;
+use crate::poller::Command;
 use crate::reply::{Refresh, Saved, SetEnabled, Shutdown};
-use crate::runtime::Runtime;
 use crate::shared::Shared;
-use crate::snapshot::{Snapshot, Source};
+use crate::snapshot::Snapshot;
 use crate::status::Status;
-use crate::store::Store;
-use crate::transport::Transport;
 
 /// A handle on the live flag set. Cheap to clone; every clone reads the same flags.
 ///
@@ -55,7 +51,7 @@ use crate::transport::Transport;
 ///     .transport(Api) // the default is HTTP to the Client Config API
 ///     .default_flag("beta", false)
 ///     .build()?;
-/// assert!(flags.wait_until_ready(Duration::from_secs(5)).await);
+/// assert!(matches!(tokio::time::timeout(Duration::from_secs(5), flags.ready()).await, Ok(Ok(_))));
 /// assert_eq!(flags.snapshot().source(), Source::Network);
 /// assert!(flags.value(&BETA));
 /// assert_eq!(flags.get_i64("max"), Some(3));
@@ -97,74 +93,6 @@ impl fmt::Debug for Flags {
 }
 
 impl Flags {
-    pub(crate) fn start(
-        config: Config,
-        transport: Arc<dyn Transport>,
-        store: Option<Arc<dyn Store>>,
-        parent: CancellationToken,
-        runtime: Runtime,
-    ) -> Flags {
-        let config = Arc::new(config);
-        let status = if config.enabled {
-            Status::Initializing
-        } else {
-            Status::Disabled
-        };
-        let layers = Layers::new(config.defaults.clone(), config.overrides.clone());
-        let shared = Arc::new(Shared::new(layers, status));
-        let (commands, receiver) = mpsc::unbounded_channel();
-        // A child token: cancelling ours (on drop or shutdown) leaves the caller's untouched.
-        let token = parent.child_token();
-        let poller = Poller::new(
-            Arc::clone(&config),
-            transport,
-            store,
-            Arc::clone(&shared),
-            receiver,
-            token.clone(),
-        );
-        let task = runtime.run(poller);
-        Flags {
-            inner: Arc::new(Inner {
-                shared,
-                poller: Some(Link {
-                    commands,
-                    _guard: token.clone().drop_guard(),
-                    token,
-                    task: Mutex::new(task),
-                }),
-            }),
-        }
-    }
-
-    /// A handle that serves exactly `values` (source [`Defaults`](Source::Defaults)) with no
-    /// poller, no runtime and no I/O: for the unit tests of code that reads flags.
-    ///
-    /// Overrides work as on any handle (in memory only). Remote flags are off: the status is
-    /// [`Disabled`](Status::Disabled), [`refresh`](Self::refresh) answers
-    /// [`Error::Disabled`], and [`set_enabled`](Self::set_enabled) changes nothing.
-    ///
-    /// ```
-    /// use serde_json::json;
-    ///
-    /// let flags = flagpole::Flags::fixed([("new-checkout", json!(true)), ("max-items", json!(5))]);
-    /// assert_eq!(flags.get_bool("new-checkout"), Some(true));
-    /// assert_eq!(flags.get_i64("max-items"), Some(5));
-    /// assert_eq!(flags.snapshot().source(), flagpole::Source::Defaults);
-    /// ```
-    pub fn fixed(values: impl IntoIterator<Item = (impl Into<String>, Value)>) -> Flags {
-        let values = values.into_iter().map(|(k, v)| (k.into(), v)).collect();
-        let mut layers = Layers::new(values, Map::new());
-        // No store: the (empty) persisted overrides are all there will be.
-        layers.restore_overrides(Map::new());
-        Flags {
-            inner: Arc::new(Inner {
-                shared: Arc::new(Shared::new(layers, Status::Disabled)),
-                poller: None,
-            }),
-        }
-    }
-
     /// Sends `command` to the poller; `Err` with what the caller should hear when there is none.
     fn send(&self, command: Command) -> Result<(), Error> {
         match &self.inner.poller {
@@ -248,7 +176,7 @@ impl Flags {
     ///     .transport(Api)
     ///     .default_flag("beta", false)
     ///     .build()?;
-    /// flags.wait_until_ready(Duration::from_secs(5)).await;
+    /// let _ = tokio::time::timeout(Duration::from_secs(5), flags.ready()).await;
     /// assert_eq!(flags.get_bool("beta"), Some(true)); // remote
     /// flags.set_enabled(false).await; // the user opted out
     /// assert_eq!(flags.get_bool("beta"), Some(false)); // defaults only
@@ -301,19 +229,34 @@ impl Flags {
 
     /// Removes the override of `name`: the remote value (or the default) is served again.
     /// Published at once and persisted as [`set_override`](Self::set_override) is.
+    ///
+    /// ```
+    /// let flags = flagpole::Flags::fixed([("theme", serde_json::json!("light"))]);
+    /// drop(flags.set_override("theme", "dark")); // served at once; the future reports the save
+    /// assert_eq!(flags.get_str("theme").as_deref(), Some("dark"));
+    /// drop(flags.remove_override("theme"));
+    /// assert_eq!(flags.get_str("theme").as_deref(), Some("light"));
+    /// ```
     pub fn remove_override(&self, name: &str) -> Saved {
         self.change_override(OverrideOp::Remove(name.to_owned()))
     }
 
     /// Removes every override set with [`set_override`](Self::set_override) (those given to
     /// the builder stay). Published at once and persisted as `set_override` is.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), flagpole::Error> {
+    /// let flags = flagpole::Flags::fixed([("a", serde_json::json!(1))]);
+    /// flags.set_override("a", 2).await?;
+    /// flags.set_override("b", true).await?;
+    /// flags.clear_overrides().await?;
+    /// assert!(flags.snapshot().overrides().is_empty());
+    /// assert_eq!(flags.get_i64("a"), Some(1));
+    /// # Ok(()) }
+    /// ```
     pub fn clear_overrides(&self) -> Saved {
         self.change_override(OverrideOp::Clear)
-    }
-
-    /// The overrides set with [`set_override`](Self::set_override), by name.
-    pub fn overrides(&self) -> Map<String, Value> {
-        self.inner.shared.read(|layers| layers.overrides().clone())
     }
 
     fn change_override(&self, op: OverrideOp) -> Saved {
@@ -415,49 +358,29 @@ impl Flags {
         self.inner.shared.status()
     }
 
-    /// A receiver of every status change.
-    pub fn status_receiver(&self) -> watch::Receiver<Status> {
-        self.inner.shared.subscribe_status()
-    }
-
-    /// Waits until remote flags (from the network or the cache) are served, for at most
-    /// `timeout`. True when they are; false on timeout, or when the poller is disabled or stopped
-    /// before any arrived (defaults are still served then).
-    ///
-    /// # Cancellation safety
-    /// Cancel-safe: it only observes.
+    /// A receiver of every status change: `changed().await` wakes on each, `wait_for` waits for
+    /// one that matches.
     ///
     /// ```
+    /// # use flagpole::{BoxFuture, Error, Request, Response, Transport};
+    /// # struct Down; // a flag service that refuses connections
+    /// # impl Transport for Down {
+    /// #     fn send(&self, _: Request) -> BoxFuture<'static, Result<Response, Error>> {
+    /// #         Box::pin(async { Err(Error::Http { status: 503 }) })
+    /// #     }
+    /// # }
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), flagpole::Error> {
-    /// use std::time::Duration;
+    /// use flagpole::Status;
     ///
-    /// // Remote flags off: nothing will arrive, so it answers false at once.
-    /// let flags = flagpole::Flags::builder().enabled(false).build()?;
-    /// assert!(!flags.wait_until_ready(Duration::from_secs(5)).await);
+    /// let flags = flagpole::Flags::builder().transport(Down).build()?;
+    /// let mut status = flags.status_receiver();
+    /// let stale = status.wait_for(Status::is_stale).await.expect("the poller runs");
+    /// assert!(stale.last_error().is_some());
     /// # Ok(()) }
     /// ```
-    pub async fn wait_until_ready(&self, timeout: Duration) -> bool {
-        let mut snapshots = self.subscribe();
-        let mut status = self.status_receiver();
-        let ready = async {
-            loop {
-                if snapshots.borrow_and_update().source() != Source::Defaults {
-                    return true;
-                }
-                if matches!(
-                    *status.borrow_and_update(),
-                    Status::Disabled | Status::Stopped
-                ) {
-                    return false;
-                }
-                tokio::select! {
-                    changed = snapshots.changed() => if changed.is_err() { return false },
-                    changed = status.changed() => if changed.is_err() { return false },
-                }
-            }
-        };
-        tokio::time::timeout(timeout, ready).await.unwrap_or(false)
+    pub fn status_receiver(&self) -> watch::Receiver<Status> {
+        self.inner.shared.subscribe_status()
     }
 
     /// Stops the poller and waits for it to finish, even mid-request or mid-backoff. Idempotent;

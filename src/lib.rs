@@ -45,7 +45,7 @@
 //!     .environment(Environment::Prod)
 //!     .store(FileStore::new("/var/cache/myapp/flags.json"))
 //!     .build()?;
-//! flags.wait_until_ready(Duration::from_secs(2)).await;
+//! let _ = tokio::time::timeout(Duration::from_secs(2), flags.ready()).await;
 //!
 //! if flags.value(&NEW_CHECKOUT) {
 //!     // the remote value, or the Flag's default
@@ -186,6 +186,7 @@ mod rollout;
 mod runtime;
 mod shared;
 mod snapshot;
+mod source;
 mod status;
 mod store;
 mod table;

@@ -10,48 +10,8 @@ use serde_json::{Map, Value};
 use crate::entry::{Entry, Origin, Scalar};
 use crate::flag::{Flag, FlagValue};
 use crate::rollout::Processed;
+pub use crate::source::Source;
 pub(crate) use crate::table::FlagMap;
-
-/// Where the flags of a [`Snapshot`] came from.
-///
-/// ```
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() {
-/// use flagpole::Source;
-///
-/// let flags = flagpole::Flags::builder().enabled(false).build().unwrap();
-/// assert_eq!(flags.snapshot().source(), Source::Defaults);
-/// assert_eq!(Source::Network.to_string(), "network");
-/// # }
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-#[non_exhaustive]
-pub enum Source {
-    /// A successful fetch in this process (a 200, or a 304 confirming the flags held).
-    Network,
-    /// The persisted cache, loaded at start.
-    Cache,
-    /// No remote flags: only the caller's defaults (possibly none).
-    Defaults,
-}
-
-impl Source {
-    /// `network`, `cache` or `defaults`.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Source::Network => "network",
-            Source::Cache => "cache",
-            Source::Defaults => "defaults",
-        }
-    }
-}
-
-impl fmt::Display for Source {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// The remote flags as served (already processed), with their provenance: the remote layer of a
 /// snapshot.
@@ -339,7 +299,25 @@ impl Snapshot {
             .is_some_and(|f| f.origin == Origin::Override)
     }
 
-    /// Every flag name, sorted. Owned, as from [`Flags::names`](crate::Flags::names).
+    /// The flags served from local overrides (the builder's and those set with
+    /// [`Flags::set_override`](crate::Flags::set_override)), by name.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let flags = flagpole::Flags::builder().enabled(false).build().unwrap();
+    /// flags.set_override("theme", "dark").await.unwrap();
+    /// assert_eq!(flags.snapshot().overrides()["theme"], "dark");
+    /// # }
+    /// ```
+    pub fn overrides(&self) -> serde_json::Map<String, Value> {
+        self.iter()
+            .filter(|(name, _)| self.is_override(name))
+            .map(|(name, value)| (name.to_owned(), value.clone()))
+            .collect()
+    }
+
+    /// Every flag name, sorted.
     pub fn names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.flags.keys().map(|k| k.to_string()).collect();
         names.sort_unstable();

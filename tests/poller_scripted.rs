@@ -108,7 +108,13 @@ async fn seeded_store(
         .store(store.clone())
         .build()
         .unwrap();
-    assert!(flags.wait_until_ready(secs(60)).await, "seed fetch");
+    assert!(
+        matches!(
+            tokio::time::timeout(secs(60), flags.ready()).await,
+            Ok(Ok(_))
+        ),
+        "seed fetch"
+    );
     for _ in 0..1000 {
         if store.get().is_some() {
             break;
@@ -173,7 +179,10 @@ async fn fresh_cache_is_served_at_once_without_request_until_interval() {
         .fetch_interval(secs(100))
         .build()
         .unwrap();
-    assert!(flags.wait_until_ready(secs(1)).await);
+    assert!(matches!(
+        tokio::time::timeout(secs(1), flags.ready()).await,
+        Ok(Ok(_))
+    ));
     assert_eq!(
         start.elapsed(),
         Duration::ZERO,
@@ -252,7 +261,10 @@ async fn stale_cache_is_served_and_one_request_is_made_at_start() {
         .fetch_interval(secs(100))
         .build()
         .unwrap();
-    assert!(flags.wait_until_ready(secs(1)).await);
+    assert!(matches!(
+        tokio::time::timeout(secs(1), flags.ready()).await,
+        Ok(Ok(_))
+    ));
     idle().await;
     assert_eq!(flags.snapshot().source(), Source::Cache);
     assert_eq!(flags.get_str("a").as_deref(), Some("cached"));
@@ -279,7 +291,7 @@ async fn cache_saved_for_another_environment_is_ignored() {
     sleep(secs(1)).await;
     assert_eq!(flags.snapshot().source(), Source::Defaults);
     assert_eq!(flags.get("a"), None, "the dev cache must not be served");
-    assert_eq!(flags.names(), vec!["d"]);
+    assert_eq!(flags.snapshot().names(), vec!["d"]);
     assert!(matches!(flags.status(), Status::Initializing));
     assert_eq!(
         transport.request_count(),
@@ -375,7 +387,7 @@ async fn api_down_without_cache_serves_defaults() {
     assert_eq!(snap.source(), Source::Defaults);
     assert_eq!(snap.cache_timestamp(), None);
     assert_eq!(flags.get_bool("d"), Some(true));
-    assert_eq!(flags.names(), vec!["d"]);
+    assert_eq!(flags.snapshot().names(), vec!["d"]);
     let err = flags.refresh().await.unwrap_err();
     assert!(matches!(err, Error::Http { status: 500 }), "{err:?}");
 }
@@ -390,7 +402,10 @@ async fn api_down_without_cache_or_defaults_serves_empty_snapshot() {
     assert_eq!(snap.source(), Source::Defaults);
     assert_eq!(snap.cache_timestamp(), None);
     assert_eq!(flags.get("anything"), None);
-    assert!(!flags.wait_until_ready(secs(5)).await);
+    assert!(!matches!(
+        tokio::time::timeout(secs(5), flags.ready()).await,
+        Ok(Ok(_))
+    ));
 }
 
 /// A handle whose first request gets `first` and every later one good flags, with a 1 s
@@ -674,7 +689,10 @@ async fn refresh_during_a_fetch_gets_the_next_fetch() {
 async fn refresh_when_idle_starts_a_new_fetch() {
     let transport = answering_in_turn([ok(json!({"v": 1})), ok(json!({"v": 2}))]);
     let flags = default_flags(&transport);
-    assert!(flags.wait_until_ready(secs(1)).await);
+    assert!(matches!(
+        tokio::time::timeout(secs(1), flags.ready()).await,
+        Ok(Ok(_))
+    ));
     assert_eq!(flags.get_i64("v"), Some(1));
     let snapshot = flags.refresh().await.unwrap();
     assert_eq!(snapshot.get_i64("v"), Some(2));
@@ -685,7 +703,10 @@ async fn refresh_when_idle_starts_a_new_fetch() {
 async fn subscribers_wake_on_changes_only() {
     let transport = answering(ok(json!({"a": 1})));
     let flags = default_flags(&transport);
-    assert!(flags.wait_until_ready(secs(1)).await);
+    assert!(matches!(
+        tokio::time::timeout(secs(1), flags.ready()).await,
+        Ok(Ok(_))
+    ));
     let mut rx = flags.subscribe();
     rx.borrow_and_update();
     let before = flags.snapshot();
@@ -738,9 +759,12 @@ async fn disabled_at_build_makes_no_request_and_serves_defaults_only() {
     assert!(matches!(flags.status(), Status::Disabled));
     let snap = flags.snapshot();
     assert_eq!(snap.source(), Source::Defaults);
-    assert_eq!(flags.names(), vec!["d"]);
+    assert_eq!(flags.snapshot().names(), vec!["d"]);
     assert_eq!(flags.get("a"), None);
-    assert!(!flags.wait_until_ready(secs(5)).await);
+    assert!(!matches!(
+        tokio::time::timeout(secs(5), flags.ready()).await,
+        Ok(Ok(_))
+    ));
 
     let start = Instant::now();
     let err = flags.refresh().await.unwrap_err();
@@ -779,7 +803,10 @@ async fn disabling_mid_request_aborts_it_and_stops_requests() {
         .default_flag("d", "default")
         .build()
         .unwrap();
-    assert!(flags.wait_until_ready(secs(1)).await);
+    assert!(matches!(
+        tokio::time::timeout(secs(1), flags.ready()).await,
+        Ok(Ok(_))
+    ));
     assert_eq!(flags.get_i64("a"), Some(1));
 
     let pending = tokio::spawn(flags.refresh());
@@ -798,7 +825,7 @@ async fn disabling_mid_request_aborts_it_and_stops_requests() {
     assert_eq!(recorder.count(), 2, "no request while disabled");
     assert_eq!(recorder.completed(), 1);
     assert_eq!(flags.get("a"), None, "the aborted answer never lands");
-    assert_eq!(flags.names(), vec!["d"]);
+    assert_eq!(flags.snapshot().names(), vec!["d"]);
     assert!(matches!(flags.refresh().await, Err(Error::Disabled)));
 }
 
@@ -811,7 +838,10 @@ async fn re_enabling_with_fresh_flags_serves_them_without_request() {
         .schedule_jitter(0.0)
         .build()
         .unwrap();
-    assert!(flags.wait_until_ready(secs(1)).await);
+    assert!(matches!(
+        tokio::time::timeout(secs(1), flags.ready()).await,
+        Ok(Ok(_))
+    ));
     // The first fetch's next refresh is drawn anywhere in the interval (the fleet policy); after
     // this one it is exactly one interval away (no jitter).
     flags.refresh().await.unwrap();
@@ -843,7 +873,10 @@ async fn shutdown_mid_request_is_prompt() {
         .cancellation_token(token.clone())
         .build()
         .unwrap();
-    assert!(flags.wait_until_ready(secs(1)).await);
+    assert!(matches!(
+        tokio::time::timeout(secs(1), flags.ready()).await,
+        Ok(Ok(_))
+    ));
     let pending = tokio::spawn(flags.refresh());
     idle().await;
     assert_eq!(recorder.count(), 2, "a request is in flight");
@@ -932,7 +965,10 @@ async fn dropping_the_last_handle_stops_the_poller() {
         .schedule_jitter(0.0)
         .build()
         .unwrap();
-    assert!(flags.wait_until_ready(secs(1)).await);
+    assert!(matches!(
+        tokio::time::timeout(secs(1), flags.ready()).await,
+        Ok(Ok(_))
+    ));
     let mut rx = flags.status_receiver();
     let clone = flags.clone();
 
@@ -973,7 +1009,10 @@ async fn etag_is_sent_back_and_304_keeps_flags() {
         ScriptedResponse::status(304),
     ]);
     let flags = default_flags(&transport);
-    assert!(flags.wait_until_ready(secs(1)).await);
+    assert!(matches!(
+        tokio::time::timeout(secs(1), flags.ready()).await,
+        Ok(Ok(_))
+    ));
     let before = flags.snapshot();
     assert_eq!(before.etag(), Some("\"v1\""));
     let mut rx = flags.subscribe();
@@ -1033,7 +1072,10 @@ async fn stale_cache_etag_is_revalidated_by_304() {
 async fn unexpected_304_without_etag_is_an_error() {
     let transport = answering_in_turn([ok(json!({"a": 1})), ScriptedResponse::status(304)]);
     let flags = default_flags(&transport);
-    assert!(flags.wait_until_ready(secs(1)).await);
+    assert!(matches!(
+        tokio::time::timeout(secs(1), flags.ready()).await,
+        Ok(Ok(_))
+    ));
     assert_eq!(flags.snapshot().etag(), None);
     let err = flags.refresh().await.unwrap_err();
     assert!(matches!(err, Error::Http { status: 304 }), "{err:?}");
@@ -1058,7 +1100,10 @@ async fn oversized_body_is_too_large_and_keeps_flags() {
         .max_body_bytes(64)
         .build()
         .unwrap();
-    assert!(flags.wait_until_ready(secs(1)).await);
+    assert!(matches!(
+        tokio::time::timeout(secs(1), flags.ready()).await,
+        Ok(Ok(_))
+    ));
     let err = flags.refresh().await.unwrap_err();
     assert!(matches!(err, Error::TooLarge { limit: 64 }), "{err:?}");
     assert!(matches!(
@@ -1131,7 +1176,10 @@ async fn malformed_body_never_replaces_good_flags() {
         .store(store.clone())
         .build()
         .unwrap();
-    assert!(flags.wait_until_ready(secs(1)).await);
+    assert!(matches!(
+        tokio::time::timeout(secs(1), flags.ready()).await,
+        Ok(Ok(_))
+    ));
     idle().await;
     let good = flags.snapshot();
     let saved = store.get().expect("saved after the good fetch");
@@ -1160,17 +1208,20 @@ async fn malformed_body_never_replaces_good_flags() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn wait_until_ready_is_true_once_a_fetch_succeeds() {
+async fn ready_resolves_once_a_fetch_succeeds() {
     let transport = answering(ok(json!({"a": 1})).delay(secs(2)));
     let flags = default_flags(&transport);
     let start = Instant::now();
-    assert!(flags.wait_until_ready(secs(5)).await);
+    assert!(matches!(
+        tokio::time::timeout(secs(5), flags.ready()).await,
+        Ok(Ok(_))
+    ));
     assert_eq!(start.elapsed(), secs(2));
     assert_eq!(flags.get_i64("a"), Some(1));
 }
 
 #[tokio::test(start_paused = true)]
-async fn wait_until_ready_times_out_while_the_api_fails() {
+async fn ready_keeps_waiting_while_the_api_fails() {
     let transport = answering(ScriptedResponse::status(500));
     let flags = Flags::builder()
         .transport(transport.clone())
@@ -1179,14 +1230,20 @@ async fn wait_until_ready_times_out_while_the_api_fails() {
         .build()
         .unwrap();
     let start = Instant::now();
-    assert!(!flags.wait_until_ready(secs(10)).await);
+    assert!(!matches!(
+        tokio::time::timeout(secs(10), flags.ready()).await,
+        Ok(Ok(_))
+    ));
     assert_eq!(start.elapsed(), secs(10));
     assert!(transport.request_count() >= 3, "retried meanwhile");
     assert_eq!(flags.snapshot().source(), Source::Defaults);
 
     // It turns true as soon as the API recovers.
     transport.set(ok(json!({"a": 1})));
-    assert!(flags.wait_until_ready(secs(60)).await);
+    assert!(matches!(
+        tokio::time::timeout(secs(60), flags.ready()).await,
+        Ok(Ok(_))
+    ));
     assert_eq!(flags.get_i64("a"), Some(1));
 }
 
@@ -1202,7 +1259,10 @@ async fn saved_record_holds_flags_and_etag_but_not_the_profile_id() {
         .environment(Environment::Rc)
         .build()
         .unwrap();
-    assert!(flags.wait_until_ready(secs(1)).await);
+    assert!(matches!(
+        tokio::time::timeout(secs(1), flags.ready()).await,
+        Ok(Ok(_))
+    ));
     idle().await;
     let record = store.get().expect("a record was saved");
     let snap = flags.snapshot();
@@ -1297,7 +1357,10 @@ async fn manual_mode_fetches_once_then_only_on_refresh_and_never_retries() {
         .backoff_initial(secs(1))
         .build()
         .unwrap();
-    assert!(flags.wait_until_ready(secs(1)).await);
+    assert!(matches!(
+        tokio::time::timeout(secs(1), flags.ready()).await,
+        Ok(Ok(_))
+    ));
     assert_eq!(recorder.count(), 1, "one fetch at start: no fresh cache");
     sleep(secs(100)).await;
     assert_eq!(recorder.count(), 1, "no scheduled fetch after the interval");
@@ -1328,7 +1391,10 @@ async fn manual_mode_with_a_fresh_cache_makes_no_request() {
         .fetch_interval(secs(10))
         .build()
         .unwrap();
-    assert!(flags.wait_until_ready(secs(1)).await);
+    assert!(matches!(
+        tokio::time::timeout(secs(1), flags.ready()).await,
+        Ok(Ok(_))
+    ));
     sleep(secs(100)).await;
     assert_eq!(recorder.count(), 0, "neither at start nor at expiry");
     assert_eq!(flags.get_bool("a"), Some(true));

@@ -193,9 +193,9 @@ async fn flags_and_snapshot_reads_agree() {
     for name in ["b", "i", "big", "f", "s", "l", "o", "null", "missing"] {
         by_name(&flags, &snapshot, name);
     }
-    assert_eq!(flags.names(), snapshot.names());
+    assert_eq!(flags.snapshot().names(), snapshot.names());
     for (name, _) in snapshot.iter() {
-        assert!(flags.names().iter().any(|n| n == name));
+        assert!(flags.snapshot().names().iter().any(|n| n == name));
     }
     assert_eq!(flags.value(&ON), snapshot.value(&ON));
     assert_eq!(flags.value(&S), snapshot.value(&S));

@@ -148,24 +148,6 @@ impl Flags {
         self.with(|s| s.get_as(name))
     }
 
-    /// Every flag name served now, sorted.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() {
-    /// let flags = flagpole::Flags::builder()
-    ///     .default_flag("b", 1)
-    ///     .default_flag("a", 2)
-    ///     .enabled(false)
-    ///     .build()
-    ///     .unwrap();
-    /// assert_eq!(flags.names(), ["a", "b"]);
-    /// # }
-    /// ```
-    pub fn names(&self) -> Vec<String> {
-        self.with(Snapshot::names)
-    }
-
     /// The current snapshot: one consistent view of every flag, to keep as long as needed. Its
     /// reads are the same as the handle's ([`value`](Snapshot::value),
     /// [`get_bool`](Snapshot::get_bool), ...), all from one moment.
