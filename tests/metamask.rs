@@ -219,7 +219,12 @@ async fn layers_are_defaults_then_remote_then_overrides() {
     flags.remove_override("list").await.unwrap();
     assert_eq!(flags.get_str("list").as_deref(), Some("fixed"));
     flags.clear_overrides().await.unwrap();
-    assert!(flags.snapshot().overrides().is_empty());
+    let served: Vec<_> = flags.snapshot().overrides().into_iter().collect();
+    assert_eq!(
+        served,
+        [("list".to_owned(), json!("fixed"))],
+        "the builder's stays"
+    );
     assert_eq!(flags.get_str("newUI").as_deref(), Some("B"));
     assert_eq!(flags.get_i64("only-default"), Some(7));
     assert_eq!(transport.request_count(), requests, "no override fetched");
