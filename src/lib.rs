@@ -106,22 +106,29 @@
 //! | layer | module | job |
 //! |---|---|---|
 //! | face | `lib` | re-exports, these docs, `#![forbid(unsafe_code)]` |
-//! | handle | `client` | [`Flags`]: reads, refresh, overrides, subscriptions, status, shutdown; starts the poller |
+//! | handle | `client` | [`Flags`]: reads, refresh, overrides, subscriptions, status, shutdown; starts the poller (`client::new`), reads (`client::read`) |
+//! | | `wait`, `reply`, `runtime` | [`Flags::ready`] and [`Flags::ready_blocking`]; the futures the actions return ([`Refresh`], [`Saved`], ...); where the poller runs (the caller's runtime or a `flagpole` thread) |
 //! | | `builder` | [`FlagsBuilder`]: collects settings, validates them, picks the transport, builds |
 //! | | `openfeature` | `FlagpoleProvider` (feature `openfeature`) |
 //! | | `hooks` | publishing without the poller, for benches and tests (feature `test-util`, hidden) |
 //! | writer | `poller` | the one task that does I/O: event loop, cache load and save, outcomes |
 //! | | `fetch` | one request through the transport into an outcome (parsed flags, 304, error) |
-//! | | `shared` | the publishing hub: `ArcSwap` for reads, `watch` channels, the layers lock; private fields, methods only |
+//! | | `shared` | the publishing hub: the current snapshot for reads, `watch` channels, the layers lock; private fields, methods only |
 //! | edges | `transport` | [`Transport`], [`Request`], [`Response`], [`HttpTransport`], `ScriptedTransport` |
 //! | | `request` | the URL, the headers, `ETag`, `Retry-After`, status classes |
 //! | | `store` | [`Store`], [`FileStore`], [`MemoryStore`], [`CacheRecord`] |
-//! | read model | `snapshot`, `table`, `key` | the immutable [`Snapshot`] readers see, its flag table, [`FlagKey`] |
+//! | read model | `flag` | [`Flag`]: a typed flag declared once, with the slot it last resolved to |
+//! | | `current` | the published snapshot: an `ArcSwap` for whole views, plus atomic copies of the scalars for guard-free [`Flag`] reads |
+//! | | `snapshot`, `source` | the immutable [`Snapshot`] readers see, and its [`Source`] |
+//! | | `table`, `entry`, `key` | the flag table with its shared layout, one flag's value and typed reading, the packed slot cache |
 //! | | `layers` | the data a snapshot is built from: defaults < processed remote < overrides |
 //! | ground | `config` | [`Client`], [`Distribution`], [`Environment`], the builder's settings, validation into the poller's configuration, the cache key |
 //! | | `defaults` | the `DEFAULT_*` constants and [`USER_AGENT`] |
 //! | | `error` | [`Error`], [`UnknownValue`], the retry policy for HTTP statuses |
 //! | | `parse`, `rollout`, `backoff`, `clock`, `status` | the wire format, MetaMask processing, retry delays, wall time, [`Status`] |
+//!
+//! The poller's scheduling rules (how a fleet of clients spreads its requests) are in the
+//! `poller::schedule` module and FLEET.md.
 //!
 //! # Cargo features
 //!

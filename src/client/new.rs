@@ -62,7 +62,7 @@ impl Flags {
     ///
     /// Overrides work as on any handle (in memory only). Remote flags are off: the status is
     /// [`Disabled`](Status::Disabled), [`refresh`](Self::refresh) answers
-    /// [`Error::Disabled`], and [`set_enabled`](Self::set_enabled) changes nothing.
+    /// [`Error::Disabled`](crate::Error::Disabled), and [`set_enabled`](Self::set_enabled) changes nothing.
     ///
     /// ```
     /// use serde_json::json;

@@ -15,7 +15,7 @@ use crate::snapshot::Snapshot;
 use crate::status::Status;
 
 /// An OpenFeature provider event, from [`ProviderEvents::recv`]; see
-/// [`FlagpoleProvider::events`] for an example.
+/// [`FlagpoleProvider::events`](super::FlagpoleProvider::events) for an example.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ProviderEvent {
@@ -40,7 +40,7 @@ pub enum ProviderEvent {
     },
 }
 
-/// A stream of [`ProviderEvent`]s, from [`FlagpoleProvider::events`] (see its example).
+/// A stream of [`ProviderEvent`]s, from [`FlagpoleProvider::events`](super::FlagpoleProvider::events) (see its example).
 pub struct ProviderEvents {
     status: watch::Receiver<Status>,
     snapshots: watch::Receiver<Arc<Snapshot>>,
