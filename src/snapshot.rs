@@ -11,6 +11,7 @@ use crate::entry::{Entry, Origin, Scalar};
 use crate::flag::{Flag, FlagValue};
 use crate::rollout::Processed;
 pub(crate) use crate::table::FlagMap;
+use crate::table::Layout;
 
 /// Where the flags of a [`Snapshot`] came from.
 ///
@@ -170,8 +171,16 @@ impl Snapshot {
         self.source == other.source && self.flags == other.flags && self.groups == other.groups
     }
 
+    #[inline]
     fn entry(&self, name: &str) -> Option<&Entry> {
         self.flags.get(name)
+    }
+
+    /// The flag's scalar reading by name (`Scalar::None` when it is not a boolean or a number);
+    /// `None` when absent.
+    #[inline]
+    pub(crate) fn scalar(&self, name: &str) -> Option<Scalar> {
+        self.entry(name).map(|entry| entry.scalar)
     }
 
     /// The flag's JSON value, borrowed from this snapshot: [`get`](Self::get) without the clone.
@@ -391,6 +400,11 @@ impl Snapshot {
     /// Every flag's scalar reading, by slot.
     pub(crate) fn scalars(&self) -> impl Iterator<Item = Scalar> + '_ {
         self.flags.iter().map(|(_, entry)| entry.scalar)
+    }
+
+    /// The flag layout (names and slots), shared by snapshots that serve the same names.
+    pub(crate) fn layout(&self) -> &Arc<Layout> {
+        self.flags.layout()
     }
 
     /// The id of the flag layout (names and slots), as [`Flag`]s remember it.
