@@ -9,8 +9,15 @@
 //! under a sequence lock (all atomics, no `unsafe`): a reader checks the sequence before and
 //! after, and during a publish (or when its `Flag` does not know the current layout) takes the
 //! `ArcSwap` path. Nothing a reader holds pins a snapshot.
+//!
+//! Scalar reads by name (`get_bool`, `get_i64`, `get_f64`) use the same cells: each thread keeps
+//! the last two flag *layouts* it read by name (names and slots, `Arc<Layout>`, never a snapshot),
+//! finds the slot there when the cells describe one of them, and reads the cell under the
+//! sequence check. A layout changes only when the flag names change, so an idle thread pins at
+//! most two sets of names, never values.
 
 use std::array;
+use std::cell::RefCell;
 use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -19,7 +26,20 @@ use arc_swap::{ArcSwap, Guard};
 use crate::entry::Scalar;
 use crate::flag::{Flag, FlagValue};
 use crate::snapshot::Snapshot;
-use crate::table::{ABSENT, SLOT_BITS};
+use crate::table::{Layout, ABSENT, SLOT_BITS};
+
+/// Layouts a thread remembers: two, so that a thread reading from two handles in turn does not
+/// trade one for the other at every read.
+const CACHED_LAYOUTS: usize = 2;
+
+thread_local! {
+    /// The flag layouts of this thread's last by-name reads, most recent first: names and slots
+    /// only, never a snapshot or a value, so an idle thread pins no flag set (a layout is a name
+    /// and an 8-byte index entry or four per flag). Layout ids are unique in the process, so the
+    /// cache serves every hub.
+    static LAYOUTS: RefCell<[Option<Arc<Layout>>; CACHED_LAYOUTS]> =
+        const { RefCell::new([None, None]) };
+}
 
 /// The published snapshot and its scalars.
 #[derive(Debug)]
@@ -70,6 +90,46 @@ impl Current {
             }
         }
         self.swap.load().value(flag)
+    }
+
+    /// `read` of the scalar of `name` in the current snapshot (`None` when absent). While the
+    /// flag names stay the same, without loading the snapshot: the slot is found in this
+    /// thread's cached layout and the scalar read from the cells, under the same sequence check
+    /// as [`value`](Self::value). Generic over `read` so that what crosses the thread-local
+    /// closure is the small result (a `bool` fits a register; a whole `Scalar` went through the
+    /// stack and stalled store forwarding).
+    #[inline]
+    pub(crate) fn read_scalar<T>(
+        &self,
+        name: &str,
+        read: impl Fn(Scalar) -> Option<T>,
+    ) -> Option<T> {
+        let fast = LAYOUTS.try_with(|cached| {
+            let cached = cached.try_borrow().ok()?;
+            self.scalars.read_by_name(&cached, name, &read)
+        });
+        match fast {
+            Ok(Some(found)) => found,
+            _ => self.read_scalar_slow(name).and_then(read),
+        }
+    }
+
+    // Through the snapshot, then remembering its layout for the next read on this thread.
+    #[cold]
+    #[inline(never)]
+    fn read_scalar_slow(&self, name: &str) -> Option<Scalar> {
+        let snapshot = self.swap.load();
+        let layout = snapshot.layout();
+        let _ = LAYOUTS.try_with(|cached| {
+            if let Ok(mut cached) = cached.try_borrow_mut() {
+                // Already there: the cells are being written or describe a layout too large.
+                if !cached.iter().flatten().any(|l| l.id() == layout.id()) {
+                    cached.rotate_right(1);
+                    cached[0] = Some(Arc::clone(layout));
+                }
+            }
+        });
+        snapshot.scalar(name)
     }
 }
 
@@ -182,6 +242,41 @@ impl Scalars {
     fn chunk_or_new(&self, k: usize) -> Option<&[Cell]> {
         let chunk = self.chunks.get(k)?;
         Some(chunk.get_or_init(|| (0..BASE << k).map(|_| Cell::default()).collect()))
+    }
+
+    /// `read` of the scalar of `name` (`Some(None)`: absent) when the cells describe one of `layouts` and no
+    /// writer interfered; `None` sends the reader to the snapshot.
+    #[inline(always)]
+    fn read_by_name<T>(
+        &self,
+        layouts: &[Option<Arc<Layout>>; CACHED_LAYOUTS],
+        name: &str,
+        read: impl Fn(Scalar) -> Option<T>,
+    ) -> Option<Option<T>> {
+        let seq = self.seq.load(Ordering::Acquire);
+        if seq & 1 != 0 {
+            return None;
+        }
+        let id = self.layout.load(Ordering::Relaxed);
+        let layout = match layouts {
+            [Some(first), _] if first.id() == id => first,
+            [_, Some(second)] if second.id() == id => second,
+            _ => return None,
+        };
+        let found = match layout.find(name) {
+            None => None,
+            Some(slot) => {
+                let (k, at) = locate(slot);
+                let cell = self.chunks.get(k)?.get()?.get(at)?;
+                let (tag, bits) = (
+                    cell.tag.load(Ordering::Relaxed),
+                    cell.bits.load(Ordering::Relaxed),
+                );
+                read(decode(tag, bits))
+            }
+        };
+        fence(Ordering::Acquire);
+        (self.seq.load(Ordering::Relaxed) == seq).then_some(found)
     }
 
     /// The scalar in the slot a `Flag` remembered (`Some(None)`: remembered as absent), when the

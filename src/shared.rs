@@ -34,11 +34,13 @@ impl Shared {
     }
 
     /// The current snapshot, for a short read: no reference count is touched.
+    #[inline]
     pub(crate) fn load(&self) -> Guard<Arc<Snapshot>> {
         self.current.load()
     }
 
     /// The current snapshot with its scalars, for the fastest typed reads.
+    #[inline]
     pub(crate) fn current(&self) -> &Current {
         &self.current
     }

@@ -12,6 +12,7 @@ use crate::flag::{Flag, FlagValue};
 use crate::rollout::Processed;
 pub use crate::source::Source;
 pub(crate) use crate::table::FlagMap;
+use crate::table::Layout;
 
 /// The remote flags as served (already processed), with their provenance: the remote layer of a
 /// snapshot.
@@ -130,8 +131,16 @@ impl Snapshot {
         self.source == other.source && self.flags == other.flags && self.groups == other.groups
     }
 
+    #[inline]
     fn entry(&self, name: &str) -> Option<&Entry> {
         self.flags.get(name)
+    }
+
+    /// The flag's scalar reading by name (`Scalar::None` when it is not a boolean or a number);
+    /// `None` when absent.
+    #[inline]
+    pub(crate) fn scalar(&self, name: &str) -> Option<Scalar> {
+        self.entry(name).map(|entry| entry.scalar)
     }
 
     /// The flag's JSON value, borrowed from this snapshot: [`get`](Self::get) without the clone.
@@ -369,6 +378,11 @@ impl Snapshot {
     /// Every flag's scalar reading, by slot.
     pub(crate) fn scalars(&self) -> impl Iterator<Item = Scalar> + '_ {
         self.flags.iter().map(|(_, entry)| entry.scalar)
+    }
+
+    /// The flag layout (names and slots), shared by snapshots that serve the same names.
+    pub(crate) fn layout(&self) -> &Arc<Layout> {
+        self.flags.layout()
     }
 
     /// The id of the flag layout (names and slots), as [`Flag`]s remember it.

@@ -69,7 +69,9 @@ pub(crate) fn hash_name_with(seed: u64, name: &str) -> u64 {
             read8(bytes, len - 16) ^ seed ^ K[2],
             read8(bytes, len - 8) ^ K[3],
         );
-        folded_multiply(a ^ K[2], b ^ K[0])
+        // The two halves are independent products under different constants: a xor spreads
+        // them (a third multiply cost about as much as the rest of the hash).
+        a ^ b
     } else {
         let mut hasher = FoldHasher::with_seed(seed, SharedSeed::global_fixed());
         hasher.write(bytes);
@@ -152,7 +154,7 @@ impl Layout {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn find_hashed(&self, name: &str, hash: u64) -> Option<usize> {
         let mask = self.index.len() - 1;
         let tag = hash >> 32;
@@ -172,7 +174,13 @@ impl Layout {
         }
     }
 
+    /// Never reused within a process: equal ids mean the same names in the same slots.
     #[inline]
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    #[inline(always)]
     pub(crate) fn find(&self, name: &str) -> Option<usize> {
         self.find_hashed(name, hash_name_with(self.seed, name))
     }
@@ -281,7 +289,7 @@ impl FlagMap {
         self.layout.find(name).is_some()
     }
 
-    pub(crate) fn layout(&self) -> &Layout {
+    pub(crate) fn layout(&self) -> &Arc<Layout> {
         &self.layout
     }
 

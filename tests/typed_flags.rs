@@ -111,12 +111,15 @@ async fn the_slot_survives_refreshes_and_follows_name_changes() {
     // New names, another order: re-resolved.
     refresh_with(&flags, &transport, json!({"z": 0, "b": "moved", "a": 10})).await;
     assert_eq!(flags.value(&A), 10);
+    assert_eq!(flags.get_i64("a"), Some(10));
     assert_eq!(&*flags.value(&B), "moved");
     // Gone, then back.
     refresh_with(&flags, &transport, json!({"z": 0})).await;
     assert_eq!(flags.value(&A), 0);
+    assert_eq!(flags.get_i64("a"), None);
     refresh_with(&flags, &transport, json!({"z": 0, "a": 11})).await;
     assert_eq!(flags.value(&A), 11);
+    assert_eq!(flags.get_i64("a"), Some(11));
     // Overrides publish without a fetch, with or without a new name.
     flags.set_override("a", 12).await.unwrap();
     assert_eq!(flags.value(&A), 12);
@@ -138,6 +141,12 @@ async fn one_flag_read_through_handles_with_different_layouts() {
         assert_eq!(third.value(&SHARED), -1);
         assert_eq!(second.snapshot().value(&SHARED), 2);
         assert_eq!(first.snapshot().value(&SHARED), 1);
+        // By name: three layouts in turn through a thread's cache of two.
+        assert_eq!(first.get_i64("shared"), Some(1));
+        assert_eq!(second.get_i64("shared"), Some(2));
+        assert_eq!(third.get_i64("shared"), None);
+        assert_eq!(second.get_f64("shared"), Some(2.0));
+        assert_eq!(first.get_bool("shared"), None);
     }
 }
 

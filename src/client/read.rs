@@ -6,6 +6,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::Flags;
+use crate::entry::Scalar;
 use crate::flag::{Flag, FlagValue};
 use crate::snapshot::Snapshot;
 
@@ -58,8 +59,12 @@ impl Flags {
     /// assert!(flags.get_bool("missing").unwrap_or(true));
     /// # }
     /// ```
+    #[inline]
     pub fn get_bool(&self, name: &str) -> Option<bool> {
-        self.with(|s| s.get_bool(name))
+        self.inner
+            .shared
+            .current()
+            .read_scalar(name, Scalar::as_bool)
     }
 
     /// The flag as an integer, by name; `None` when absent, not an integer, or out of range.
@@ -72,8 +77,12 @@ impl Flags {
     /// assert_eq!(flags.get_i64("missing"), None);
     /// # }
     /// ```
+    #[inline]
     pub fn get_i64(&self, name: &str) -> Option<i64> {
-        self.with(|s| s.get_i64(name))
+        self.inner
+            .shared
+            .current()
+            .read_scalar(name, Scalar::as_i64)
     }
 
     /// The flag as a float (integers convert), by name; `None` when absent or not a number.
@@ -85,8 +94,12 @@ impl Flags {
     /// assert_eq!(flags.get_f64("ratio"), Some(0.5));
     /// # }
     /// ```
+    #[inline]
     pub fn get_f64(&self, name: &str) -> Option<f64> {
-        self.with(|s| s.get_f64(name))
+        self.inner
+            .shared
+            .current()
+            .read_scalar(name, Scalar::as_f64)
     }
 
     /// The flag as a shared string, by name: the snapshot's own copy, handed out without copying
