@@ -386,6 +386,11 @@ impl Flags {
     /// Stops the poller and waits for it to finish, even mid-request or mid-backoff. Idempotent;
     /// reads keep serving the last snapshot.
     ///
+    /// It never waits for the store: a change whose save had not started is handed to the
+    /// runtime's blocking pool as the poller stops. A runtime that is itself shutting down may
+    /// not run it, so await [`flush`](Self::flush) first when the store must hold the last
+    /// changes before the process exits.
+    ///
     /// # Cancellation safety
     /// The stop is requested when this is called; dropping the future only stops the waiting.
     ///

@@ -110,7 +110,8 @@ impl Flags {
         if tokio::runtime::Handle::try_current().is_ok() {
             return Err(Error::InsideRuntime);
         }
-        block_on_until(self.ready(), Instant::now() + timeout)
+        // A timeout too long to add (`Duration::MAX`: wait as long as it takes) has no deadline.
+        block_on_until(self.ready(), Instant::now().checked_add(timeout))
             .unwrap_or(Err(Error::NotReady { waited: timeout }))
     }
 }
@@ -129,8 +130,8 @@ impl Wake for Unpark {
 }
 
 /// Polls `future` on this thread, parking between wake-ups, until it resolves or `deadline`
-/// passes (`None`). Only for futures that need no runtime to make progress.
-fn block_on_until<F: Future>(future: F, deadline: Instant) -> Option<F::Output> {
+/// (if any) passes (`None`). Only for futures that need no runtime to make progress.
+fn block_on_until<F: Future>(future: F, deadline: Option<Instant>) -> Option<F::Output> {
     let mut future = std::pin::pin!(future);
     let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
     let mut cx = Context::from_waker(&waker);
@@ -138,12 +139,17 @@ fn block_on_until<F: Future>(future: F, deadline: Instant) -> Option<F::Output> 
         if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
             return Some(output);
         }
-        let left = deadline.checked_duration_since(Instant::now())?;
-        if left.is_zero() {
-            return None;
-        }
         // A spurious wake-up only costs one more poll.
-        std::thread::park_timeout(left);
+        match deadline {
+            Some(deadline) => {
+                let left = deadline.checked_duration_since(Instant::now())?;
+                if left.is_zero() {
+                    return None;
+                }
+                std::thread::park_timeout(left);
+            }
+            None => std::thread::park(),
+        }
     }
 }
 
@@ -157,7 +163,7 @@ mod tests {
         let start = Instant::now();
         let mut rx = rx;
         assert_eq!(
-            block_on_until(&mut rx, start + Duration::from_millis(30)),
+            block_on_until(&mut rx, Some(start + Duration::from_millis(30))),
             None
         );
         assert!(start.elapsed() >= Duration::from_millis(30));
@@ -165,7 +171,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
             tx.send(7).unwrap();
         });
-        let got = block_on_until(rx, Instant::now() + Duration::from_secs(10));
+        let got = block_on_until(rx, None);
         assert_eq!(got, Some(Ok(7)));
         sender.join().unwrap();
     }

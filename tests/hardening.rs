@@ -312,6 +312,55 @@ async fn re_enabling_during_retry_after_waits_for_it() {
     assert!(gap >= secs(600), "{gap:?}");
 }
 
+/// Found in review: re-enabling while flags were still fresh planned the next fetch at their
+/// expiry, inside the server's `Retry-After`. Every planned fetch now waits for the window.
+#[tokio::test(start_paused = true)]
+async fn re_enabling_with_fresh_flags_sends_nothing_inside_retry_after() {
+    // A wall clock that follows tokio's, so that the flags age as the test sleeps.
+    let (start, base) = (tokio::time::Instant::now(), SystemTime::now());
+    let transport = ScriptedTransport::new();
+    transport.push(ScriptedResponse::json(&json!({"a": 1})));
+    let recorder = Recorder::new(&transport);
+    let flags = Flags::builder()
+        .transport(recorder.clone())
+        .wall_clock(move || base + start.elapsed())
+        .fetch_interval(secs(100))
+        .schedule_jitter(0.0)
+        .build()
+        .unwrap();
+    wait_status(&flags, "fresh", HOUR, Status::is_fresh).await;
+    flags.refresh().await.unwrap(); // the regular schedule from now on: t + 100 s
+    let fetched = recorder.times()[1];
+    sleep(secs(90)).await;
+    transport.set(ScriptedResponse::status(429).header("retry-after", "100"));
+    let answer = flags.refresh().await;
+    assert!(
+        matches!(answer, Err(Error::Http { status: 429 })),
+        "{answer:?}"
+    );
+    let window_start = recorder.times()[2];
+    flags.set_enabled(false).await;
+    flags.set_enabled(true).await; // the flags are still fresh for about 10 s
+    transport.set(ScriptedResponse::json(&json!({"a": 2})));
+    sleep(secs(95)).await;
+    assert_eq!(recorder.count(), 3, "a request inside Retry-After");
+    // Re-enabled with fresh flags, the status already says fresh: wait for the request.
+    for _ in 0..200 {
+        if recorder.count() > 3 {
+            break;
+        }
+        sleep(secs(1)).await;
+    }
+    assert_eq!(flags.get_i64("a"), Some(2), "fetched once the window ended");
+    let after = recorder.times()[3];
+    assert!(
+        after - window_start >= secs(100),
+        "{:?}",
+        after - window_start
+    );
+    assert!(after - fetched >= secs(190));
+}
+
 // ---------------------------------------------------------------------------------------------
 // 4. A failed load never erases what the store holds
 // ---------------------------------------------------------------------------------------------

@@ -47,7 +47,8 @@ fn without_a_runtime_the_poller_runs_on_its_own_thread_until_shutdown() {
         .default_flag("beta", false)
         .build()
         .expect("build works outside a runtime");
-    let source = flags.ready_blocking(Duration::from_secs(10));
+    // No deadline at all (found in review: `Duration::MAX` overflowed the deadline).
+    let source = flags.ready_blocking(Duration::MAX);
     assert_eq!(source.unwrap(), Source::Network);
     assert_eq!(flags.get_bool("beta"), Some(true));
     assert!(

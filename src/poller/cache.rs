@@ -95,6 +95,10 @@ impl Poller {
             // (a redeploy) spreads over the interval instead of refreshing in one burst at their
             // expiry. Enabled again, the schedule is the expiry, as before the disable.
             Some(remaining) => {
+                // Fresh flags end any failure streak (a refresh may have failed while the store
+                // loaded): the suspend check and the next `Stale { since }` start over.
+                self.stale_since = None;
+                self.rejection_logged = false;
                 self.set_status(Status::Fresh);
                 let (interval, jitter) = (self.config.fetch_interval, self.config.schedule_jitter);
                 let (u, v) = (fastrand::f64(), fastrand::f64());

@@ -174,7 +174,12 @@ impl Poller {
                 }
                 Event::Store(Done::Loaded(loaded)) => self.loaded(loaded),
                 Event::Store(Done::Saved(saved, fetches)) => self.saved(saved, fetches),
-                Event::Due => self.start_fetch(),
+                // Every path that plans a fetch ends here: none goes out inside the server's
+                // `Retry-After`, whatever planned it (a schedule set before the window, say).
+                Event::Due => match self.not_before.filter(|(at, _)| *at > Instant::now()) {
+                    Some((at, _)) => self.next_fetch = Some(at),
+                    None => self.start_fetch(),
+                },
                 Event::RetryLoad => {
                     self.persist.load();
                 }
@@ -312,7 +317,8 @@ impl Poller {
                 Command::Save(reply) => self.persist.wait_for_save(reply),
             }
         }
-        // A save wanted and not started still goes to the store; nobody waits for it.
+        // A save wanted and not started is handed to the blocking pool (it runs unless the
+        // runtime is shutting down too); nobody waits for it.
         let record = self.record();
         self.persist.stop(|| record);
         self.answer_callers(&Error::Stopped);
