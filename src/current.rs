@@ -244,6 +244,17 @@ impl Scalars {
         Some(chunk.get_or_init(|| (0..BASE << k).map(|_| Cell::default()).collect()))
     }
 
+    /// The scalar in `slot`'s cell, read inside a reader's sequence check; `None` when the
+    /// cell does not exist (the reader goes to the snapshot).
+    #[inline(always)]
+    fn cell(&self, slot: usize) -> Option<Scalar> {
+        let (k, at) = locate(slot);
+        let cell = self.chunks.get(k)?.get()?.get(at)?;
+        let tag = cell.tag.load(Ordering::Relaxed);
+        let bits = cell.bits.load(Ordering::Relaxed);
+        Some(decode(tag, bits))
+    }
+
     /// `read` of the scalar of `name` (`Some(None)`: absent) when the cells describe one of `layouts` and no
     /// writer interfered; `None` sends the reader to the snapshot.
     #[inline(always)]
@@ -265,15 +276,7 @@ impl Scalars {
         };
         let found = match layout.find(name) {
             None => None,
-            Some(slot) => {
-                let (k, at) = locate(slot);
-                let cell = self.chunks.get(k)?.get()?.get(at)?;
-                let (tag, bits) = (
-                    cell.tag.load(Ordering::Relaxed),
-                    cell.bits.load(Ordering::Relaxed),
-                );
-                read(decode(tag, bits))
-            }
+            Some(slot) => read(self.cell(slot)?),
         };
         fence(Ordering::Acquire);
         (self.seq.load(Ordering::Relaxed) == seq).then_some(found)
@@ -292,13 +295,7 @@ impl Scalars {
         let found = if slot == ABSENT {
             None
         } else {
-            let (k, at) = locate(slot as usize);
-            let cell = self.chunks.get(k)?.get()?.get(at)?;
-            let (tag, bits) = (
-                cell.tag.load(Ordering::Relaxed),
-                cell.bits.load(Ordering::Relaxed),
-            );
-            Some(decode(tag, bits))
+            Some(self.cell(slot as usize)?)
         };
         fence(Ordering::Acquire);
         (self.seq.load(Ordering::Relaxed) == seq).then_some(found)

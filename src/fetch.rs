@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::HeaderMap;
 use tokio::time::Instant;
 use tracing::field::Empty;
 use tracing::Instrument;
@@ -114,17 +113,16 @@ pub(crate) fn fetch(
 }
 
 fn outcome(response: Response, had_etag: bool, clock: &crate::clock::WallClock) -> Outcome {
-    let etag = |headers: &HeaderMap| request::etag(headers);
     match request::classify(response.status) {
         StatusClass::Success => match parse(&response.body) {
             Ok(flags) => Outcome::Fetched {
                 flags,
-                etag: etag(&response.headers),
+                etag: request::etag(&response.headers),
             },
             Err(error) => failed(error),
         },
         StatusClass::NotModified if had_etag => Outcome::NotModified {
-            etag: etag(&response.headers),
+            etag: request::etag(&response.headers),
         },
         _ => Outcome::Failed {
             error: Error::Http {

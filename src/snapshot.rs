@@ -320,9 +320,10 @@ impl Snapshot {
     /// # }
     /// ```
     pub fn overrides(&self) -> serde_json::Map<String, Value> {
-        self.iter()
-            .filter(|(name, _)| self.is_override(name))
-            .map(|(name, value)| (name.to_owned(), value.clone()))
+        self.flags
+            .iter()
+            .filter(|(_, entry)| entry.origin == Origin::Override)
+            .map(|(name, entry)| (name.to_string(), entry.value.clone()))
             .collect()
     }
 

@@ -22,24 +22,12 @@ use tokio::sync::oneshot;
 use tokio::task::yield_now;
 use tokio::time::sleep;
 
-use support::{wait_status, within, GatedStore, Recorder};
+use support::{wait_status, within, yield_until, GatedStore, Recorder};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
 fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
-}
-
-/// Yields until `done` holds, at most `turns` times: the paused clock stands still while a
-/// store call blocks, so a timeout could never fire.
-async fn yield_until(turns: usize, mut done: impl FnMut() -> bool) -> bool {
-    for _ in 0..turns {
-        if done() {
-            return true;
-        }
-        yield_now().await;
-    }
-    done()
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 mod support;
-use support::{GatedStore, Recorder};
+use support::{yield_until, GatedStore, Recorder};
 
 use flagpole::{
     CacheRecord, CancellationToken, Environment, Error, Flags, FlagsBuilder, MemoryStore,
@@ -1448,14 +1448,10 @@ async fn refreshes_are_answered_while_a_save_blocks() {
     within("the save", secs(10), store.save.entered.notified()).await;
     let during_save = tokio::spawn(flags.refresh());
     // The paused clock stands still while a store call blocks: yield, do not sleep.
-    for _ in 0..1000 {
-        if during_fetch.is_finished() && during_save.is_finished() {
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
     assert!(
-        during_fetch.is_finished() && during_save.is_finished(),
+        yield_until(1000, || during_fetch.is_finished()
+            && during_save.is_finished())
+        .await,
         "refreshes waited for the save"
     );
     assert_eq!(during_fetch.await.unwrap().unwrap().get_i64("a"), Some(2));

@@ -73,16 +73,5 @@ pub fn flags_of(body: &Value) -> Flags {
 /// A handle serving `count` flags, fetched through the public API (a scripted transport and one
 /// refresh), as a service would hold it.
 pub fn flags(count: usize) -> Flags {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let transport = ScriptedTransport::new();
-        let body: Value = serde_json::from_slice(&body(count, 0)).unwrap();
-        transport.push(ScriptedResponse::json(&body));
-        let flags = Flags::builder().transport(transport).build().unwrap();
-        flags.refresh().await.unwrap();
-        flags
-    })
+    flags_of(&serde_json::from_slice(&body(count, 0)).unwrap())
 }

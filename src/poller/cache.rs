@@ -110,8 +110,8 @@ impl Poller {
             }
             None => {
                 self.set_status(Status::Initializing);
-                let now = Instant::now();
-                self.next_fetch = Some(self.not_before.map_or(now, |(at, _)| at.max(now)));
+                // At once, or when the server's `Retry-After` ends (`Event::Due` waits it out).
+                self.next_fetch = Some(Instant::now());
             }
         }
     }

@@ -176,7 +176,7 @@ impl Poller {
                 Event::Store(Done::Saved(saved, fetches)) => self.saved(saved, fetches),
                 // Every path that plans a fetch ends here: none goes out inside the server's
                 // `Retry-After`, whatever planned it (a schedule set before the window, say).
-                Event::Due => match self.not_before.filter(|(at, _)| *at > Instant::now()) {
+                Event::Due => match self.retry_window() {
                     Some((at, _)) => self.next_fetch = Some(at),
                     None => self.start_fetch(),
                 },
@@ -221,7 +221,7 @@ impl Poller {
             return;
         }
         match self.retry_window() {
-            Some(until) => {
+            Some((_, until)) => {
                 for reply in self.waiting.drain(..) {
                     let _ = reply.send(Err(Error::RetryAfter { until }));
                 }
@@ -230,11 +230,10 @@ impl Poller {
         }
     }
 
-    /// When the server's `Retry-After` ends, while it runs.
-    fn retry_window(&self) -> Option<SystemTime> {
-        self.not_before
-            .filter(|(at, _)| *at > Instant::now())
-            .map(|(_, until)| until)
+    /// When the server's `Retry-After` ends (tokio time, and the wall-clock time callers are
+    /// told), while it runs.
+    fn retry_window(&self) -> Option<(Instant, SystemTime)> {
+        self.not_before.filter(|(at, _)| *at > Instant::now())
     }
 
     fn set_enabled(&mut self, enabled: bool) {
@@ -319,8 +318,8 @@ impl Poller {
         }
         // A save wanted and not started is handed to the blocking pool (it runs unless the
         // runtime is shutting down too); nobody waits for it.
-        let record = self.record();
-        self.persist.stop(|| record);
+        let record = self.persist.wants_final_save().then(|| self.record());
+        self.persist.stop(record);
         self.answer_callers(&Error::Stopped);
         self.set_status(Status::Stopped);
         tracing::debug!("flag poller stopped");

@@ -152,15 +152,19 @@ impl Persist {
         pending().await
     }
 
-    /// At stop: the last changes still go to the store, after the save in progress if any (so
-    /// that it cannot overwrite them with older data), unless nothing was loaded. The poller
-    /// does not wait; callers who asked for the save get the store's answer.
-    pub(super) fn stop(&mut self, record: impl FnOnce() -> CacheRecord) {
-        let wanted = self.dirty && self.loaded;
-        match (&self.store, tokio::runtime::Handle::try_current()) {
-            (Some(store), Ok(runtime)) if wanted => {
+    /// Whether changes wait for a save that may still be made at stop (something was loaded).
+    pub(super) fn wants_final_save(&self) -> bool {
+        self.dirty && self.loaded && self.store.is_some()
+    }
+
+    /// At stop: `record`, the last changes (when [`wants_final_save`](Self::wants_final_save)),
+    /// still goes to the store, after the save in progress if any (so that it cannot overwrite
+    /// it with older data). The poller does not wait; callers who asked for the save get the
+    /// store's answer.
+    pub(super) fn stop(&mut self, record: Option<CacheRecord>) {
+        match (&self.store, record, tokio::runtime::Handle::try_current()) {
+            (Some(store), Some(record), Ok(runtime)) => {
                 let store = Arc::clone(store);
-                let record = record();
                 let replies = std::mem::take(&mut self.replies);
                 let running = self.saving.take().map(|(task, _)| task);
                 let handle = runtime.clone();

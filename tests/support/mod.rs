@@ -44,6 +44,19 @@ pub async fn within<F: Future>(what: &str, limit: Duration, fut: F) -> F::Output
     }
 }
 
+/// Yields until `done` holds, at most `turns` times: the paused clock stands still while a
+/// store call blocks, so a timeout could never fire.
+#[allow(dead_code)]
+pub async fn yield_until(turns: usize, mut done: impl FnMut() -> bool) -> bool {
+    for _ in 0..turns {
+        if done() {
+            return true;
+        }
+        tokio::task::yield_now().await;
+    }
+    done()
+}
+
 /// Waits until the status satisfies `pred` (bounded by `limit`), and returns it.
 #[allow(dead_code)]
 pub async fn wait_status(
