@@ -14,6 +14,7 @@ use crate::clock::WallClock;
 use crate::config::{non_empty, Client, Distribution, Environment, HeaderHook, Settings};
 use crate::error::Error;
 use crate::runtime::Runtime;
+use crate::fleet::Fleet;
 use crate::store::Store;
 use crate::transport::{HttpTransport, Transport};
 
@@ -64,6 +65,8 @@ pub struct FlagsBuilder {
     token: Option<CancellationToken>,
     http_client: Option<reqwest::Client>,
     transport: Option<Arc<dyn Transport>>,
+    #[cfg(feature = "redis")]
+    shared_store: Option<crate::RedisStore>,
 }
 
 impl fmt::Debug for FlagsBuilder {
@@ -231,6 +234,16 @@ impl FlagsBuilder {
         self
     }
 
+    /// Shared mode (feature `redis`): the processes that share this store make one request per
+    /// interval between them and adopt each other's flags the moment they are written; see
+    /// [`RedisStore`](crate::RedisStore). The [`store`](Self::store) stays the local,
+    /// crash-safe tier, and overrides stay with each process.
+    #[cfg(feature = "redis")]
+    pub fn shared_store(mut self, store: crate::RedisStore) -> Self {
+        self.shared_store = Some(store);
+        self
+    }
+
     /// Whether remote flags are on at start. Off: no request is made and only defaults are served.
     pub fn enabled(mut self, enabled: bool) -> Self {
         self.settings.enabled = enabled;
@@ -374,10 +387,17 @@ impl FlagsBuilder {
                 None => HttpTransport::new()?,
             }),
         };
+        #[cfg(feature = "redis")]
+        let fleet = self.shared_store.map_or_else(Fleet::default, |store| {
+            Fleet::redis(crate::fleet::redis::Tier::new(store, &config))
+        });
+        #[cfg(not(feature = "redis"))]
+        let fleet = Fleet::default();
         Ok(Flags::start(
             config,
             transport,
             self.store,
+            fleet,
             self.token.unwrap_or_default(),
             runtime,
         ))

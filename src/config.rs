@@ -225,18 +225,28 @@ impl Config {
         self.backoff_max.min(self.fetch_interval)
     }
 
+    /// What the request depends on (base URL, client, distribution, environment, a hash of the
+    /// profile id): the processes that share it share their raw flags, whatever their metrics
+    /// ids or versions.
+    pub(crate) fn request_key(&self) -> String {
+        format!(
+            "{}|{}|{}|{}|user:{}",
+            self.base_url.as_str().trim_end_matches('/'),
+            self.client,
+            self.distribution,
+            self.environment,
+            self.profile_id.as_deref().map_or_else(|| "-".to_owned(), hash_id),
+        )
+    }
+
     /// Identifies the request a cache record answers and who it was processed for: another
     /// profile id, metrics id or client version makes the cache unusable. The ids enter only as
     /// hashes, so the cache file never holds them.
     pub(crate) fn cache_key(&self) -> String {
         let hashed = |id: Option<&str>| id.map_or_else(|| "-".to_owned(), hash_id);
         format!(
-            "{}|{}|{}|{}|user:{}|metrics:{}|version:{}",
-            self.base_url.as_str().trim_end_matches('/'),
-            self.client,
-            self.distribution,
-            self.environment,
-            hashed(self.profile_id.as_deref()),
+            "{}|metrics:{}|version:{}",
+            self.request_key(),
             hashed(self.identity.metrics_id.as_deref()),
             self.identity
                 .client_version

@@ -71,6 +71,13 @@ pub enum Error {
         /// The underlying I/O or encoding error.
         source: Source,
     },
+    /// The shared store (Redis, in shared mode) failed or did not answer in time. The handle
+    /// keeps serving its flags and fetches on its own schedule until the store answers again.
+    #[error("shared flag store failed: {}", chain(&**.source))]
+    Shared {
+        /// The underlying Redis or I/O error.
+        source: Source,
+    },
     /// The configuration is invalid; returned by [`FlagsBuilder::build`](crate::FlagsBuilder::build).
     #[error("invalid flagpole configuration: {reason}")]
     Config {
@@ -142,6 +149,13 @@ impl Error {
 
     pub(crate) fn store(source: impl std::error::Error + Send + Sync + 'static) -> Self {
         Error::Store {
+            source: Arc::new(source),
+        }
+    }
+
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn shared(source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Error::Shared {
             source: Arc::new(source),
         }
     }

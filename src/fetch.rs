@@ -33,6 +33,9 @@ pub(crate) enum Outcome {
         error: Error,
         retry_after: Option<Duration>,
     },
+    /// Shared mode: another process's fetch, read from the shared store, with no request.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    Adopted(Arc<crate::store::CacheRecord>),
 }
 
 /// The fetch of the flag set, conditional on `etag`. Nothing leaves the machine until the
@@ -97,7 +100,7 @@ pub(crate) fn fetch(
                     span.record("flags", flags.len() as u64);
                     span.record("source", Source::Network.as_str());
                 }
-                Outcome::NotModified { .. } => {
+                Outcome::NotModified { .. } | Outcome::Adopted(_) => {
                     span.record("source", Source::Network.as_str());
                 }
                 Outcome::Failed { error, .. } => {

@@ -178,6 +178,7 @@ mod entry;
 mod error;
 mod fetch;
 mod flag;
+mod fleet;
 #[cfg(feature = "test-util")]
 #[doc(hidden)]
 pub mod hooks;
@@ -201,6 +202,10 @@ mod transport;
 mod wait;
 
 pub use flag::{Flag, FlagValue};
+#[cfg(feature = "redis")]
+pub use fleet::redis::RedisStore;
+#[cfg(feature = "redis")]
+pub use fleet::SharedState;
 
 pub use builder::FlagsBuilder;
 pub use client::Flags;

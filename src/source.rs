@@ -20,6 +20,9 @@ use std::fmt;
 pub enum Source {
     /// A successful fetch in this process (a 200, or a 304 confirming the flags held).
     Network,
+    /// Another process's fetch, adopted through the shared store (Redis, in shared mode)
+    /// without a request of this process's own.
+    Shared,
     /// The persisted cache, loaded at start.
     Cache,
     /// No remote flags: only the caller's defaults (possibly none).
@@ -27,10 +30,11 @@ pub enum Source {
 }
 
 impl Source {
-    /// `network`, `cache` or `defaults`.
+    /// `network`, `shared`, `cache` or `defaults`.
     pub const fn as_str(self) -> &'static str {
         match self {
             Source::Network => "network",
+            Source::Shared => "shared",
             Source::Cache => "cache",
             Source::Defaults => "defaults",
         }

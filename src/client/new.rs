@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Flags, Inner, Link};
 use crate::config::Config;
+use crate::fleet::Fleet;
 use crate::layers::Layers;
 use crate::poller::Poller;
 use crate::runtime::Runtime;
@@ -21,6 +22,7 @@ impl Flags {
         config: Config,
         transport: Arc<dyn Transport>,
         store: Option<Arc<dyn Store>>,
+        fleet: Fleet,
         parent: CancellationToken,
         runtime: Runtime,
     ) -> Flags {
@@ -40,6 +42,7 @@ impl Flags {
             transport,
             store,
             Arc::clone(&shared),
+            fleet.clone(),
             receiver,
             token.clone(),
         );
@@ -47,6 +50,7 @@ impl Flags {
         Flags {
             inner: Arc::new(Inner {
                 shared,
+                fleet,
                 poller: Some(Link {
                     commands,
                     _guard: token.clone().drop_guard(),
@@ -80,6 +84,7 @@ impl Flags {
         Flags {
             inner: Arc::new(Inner {
                 shared: Arc::new(Shared::new(layers, Status::Disabled)),
+                fleet: Fleet::default(),
                 poller: None,
             }),
         }

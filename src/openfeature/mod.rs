@@ -8,7 +8,7 @@
 //!
 //! | situation | result |
 //! |---|---|
-//! | flag from a fetch in this process (`Source::Network`) | value, reason `STATIC` |
+//! | flag from a fetch in this process or, in shared mode, in another (`Source::Network`, `Source::Shared`) | value, reason `STATIC` |
 //! | flag from the persisted cache (`Source::Cache`) | value, reason `CACHED` |
 //! | flag chosen by a threshold rollout ([`Snapshot::threshold_group`]) | value, reason `SPLIT`, variant: the group's name |
 //! | flag from a local override ([`Snapshot::is_override`]) | value, reason `STATIC`, metadata `override: true` |
@@ -199,7 +199,7 @@ fn reason(snapshot: &Snapshot, name: &str) -> (EvaluationReason, Option<String>)
         return (EvaluationReason::Split, Some(group.to_owned()));
     }
     let reason = match snapshot.source() {
-        Source::Network | Source::Defaults => EvaluationReason::Static,
+        Source::Network | Source::Shared | Source::Defaults => EvaluationReason::Static,
         Source::Cache => EvaluationReason::Cached,
     };
     (reason, None)

@@ -58,7 +58,7 @@ impl Poller {
         if self
             .remote
             .as_ref()
-            .is_some_and(|r| r.source == Source::Network)
+            .is_some_and(|r| matches!(r.source, Source::Network | Source::Shared))
         {
             return;
         }

@@ -21,13 +21,14 @@ use crate::backoff::Backoff;
 use crate::config::Config;
 use crate::error::Error;
 use crate::fetch::{fetch, Outcome};
+use crate::fleet::{Announcements, Fleet, Held};
 use crate::layers::RemoteLayer;
 use crate::parse::RawFlags;
 use crate::rollout::Processed;
 use crate::shared::Shared;
 use crate::snapshot::{Snapshot, Source};
 use crate::status::Status;
-use crate::store::Store;
+use crate::store::{CacheRecord, Store};
 use crate::transport::{BoxFuture, Transport};
 
 pub(crate) use persist::SaveReply;
@@ -61,6 +62,8 @@ enum Event {
     Command(Option<Command>),
     Store(Done),
     Due,
+    /// Shared mode: a record another process announced.
+    Announced(Arc<CacheRecord>),
     RetryLoad,
     WallCheck,
 }
@@ -96,6 +99,7 @@ pub(crate) struct Poller {
     /// "Fresh" is reported once the save covering this many fetches has ended.
     fresh_after_save: Option<u64>,
     next_wall_check: Instant,
+    fleet: Fleet,
 }
 
 impl Poller {
@@ -104,6 +108,7 @@ impl Poller {
         transport: Arc<dyn Transport>,
         store: Option<Arc<dyn Store>>,
         shared: Arc<Shared>,
+        fleet: Fleet,
         commands: mpsc::UnboundedReceiver<Command>,
         token: CancellationToken,
     ) -> Self {
@@ -130,10 +135,12 @@ impl Poller {
             starting: true,
             fetches: 0,
             fresh_after_save: None,
+            fleet,
         }
     }
 
     pub(crate) async fn run(mut self) {
+        let mut announcements: Announcements = self.fleet.listen();
         if !self.persist.load() {
             self.loaded(Ok(None));
         }
@@ -150,6 +157,7 @@ impl Poller {
                 command = self.commands.recv() => Event::Command(command),
                 done = self.persist.done() => Event::Store(done),
                 () = sleep_until(due) => Event::Due,
+                record = announcements.next() => Event::Announced(record),
                 () = sleep_until(retry_load) => Event::RetryLoad,
                 () = sleep_until(wall_check) => Event::WallCheck,
             };
@@ -180,6 +188,7 @@ impl Poller {
                     Some((at, _)) => self.next_fetch = Some(at),
                     None => self.start_fetch(),
                 },
+                Event::Announced(record) => self.announced(&record),
                 Event::RetryLoad => {
                     self.persist.load();
                 }
@@ -269,13 +278,16 @@ impl Poller {
         // Only the poller changes the remote layer (overrides keep the source), so the source
         // served now is what a failure leaves served.
         let served = self.shared.load().source();
-        self.in_flight = Some(fetch(
-            &self.config,
-            &self.url,
-            &self.transport,
-            etag,
-            served,
-        ));
+        let request = fetch(&self.config, &self.url, &self.transport, etag, served);
+        let held = Held {
+            cache_timestamp: self.remote.as_ref().map_or(0, |r| r.cache_timestamp),
+            etag: etag.map(str::to_owned),
+            flags: self.remote.as_ref().map(|r| Arc::clone(&r.flags)),
+        };
+        // Callers waiting: a refresh they asked for, which a record older than the call cannot
+        // answer.
+        let force = !self.waiting.is_empty();
+        self.in_flight = Some(self.fleet.fetch(held, force, request));
     }
 
     /// Publishes the last remote flags, processed, under the defaults and over the overrides.
@@ -308,6 +320,7 @@ impl Poller {
 
     fn stop(&mut self) {
         self.in_flight = None;
+        self.fleet.stop();
         self.commands.close();
         while let Ok(command) = self.commands.try_recv() {
             match command {

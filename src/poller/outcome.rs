@@ -11,6 +11,7 @@ use crate::error::Error;
 use crate::fetch::Outcome;
 use crate::snapshot::{Snapshot, Source};
 use crate::status::Status;
+use crate::store::CacheRecord;
 
 impl Poller {
     pub(super) fn finish(&mut self, outcome: Outcome) {
@@ -39,6 +40,7 @@ impl Poller {
                 self.failed(&error, retry_after);
                 Err(error)
             }
+            Outcome::Adopted(record) => Ok(self.adopt_shared(&record)),
         };
         for reply in std::mem::take(&mut self.waiting) {
             let _ = reply.send(result.clone());
@@ -54,19 +56,27 @@ impl Poller {
     /// `first`: these are the first remote flags this poller holds (it served defaults until
     /// now, as every client of a fleet started together without a cache does). The next refresh
     /// is then drawn from the fleet's steady state, anywhere in the interval; after any other
-    /// success it comes in the last `schedule_jitter` part of the interval.
+    /// success it comes in the last `schedule_jitter` part of the interval. In shared mode the
+    /// lease spreads the fleet instead: every handle keeps the regular schedule, so the whole
+    /// fleet comes due together and one of them fetches.
     pub(super) fn succeeded(&mut self, first: bool) -> Arc<Snapshot> {
+        let (interval, jitter) = (self.config.fetch_interval, self.config.schedule_jitter);
+        let delay = if first && !self.fleet.is_shared() {
+            schedule::steady_wait(interval, jitter, fastrand::f64(), fastrand::f64())
+        } else {
+            schedule::regular(interval, jitter, fastrand::f64())
+        };
+        self.settled(delay)
+    }
+
+    /// Publishes the remote flags held, schedules the next refresh `delay` from now and asks for
+    /// a save.
+    fn settled(&mut self, delay: Duration) -> Arc<Snapshot> {
         self.backoff.reset();
         self.rejection_logged = false;
         self.stale_since = None;
         self.not_before = None;
         let snapshot = self.publish_remote();
-        let (interval, jitter) = (self.config.fetch_interval, self.config.schedule_jitter);
-        let delay = if first {
-            schedule::steady_wait(interval, jitter, fastrand::f64(), fastrand::f64())
-        } else {
-            schedule::regular(interval, jitter, fastrand::f64())
-        };
         self.schedule(delay);
         self.fetches += 1;
         self.persist.mark_dirty();
@@ -76,6 +86,47 @@ impl Poller {
             self.set_status(Status::Fresh);
         }
         snapshot
+    }
+
+    /// Takes a record another process fetched (shared mode) when it is newer than the flags
+    /// held. The next refresh is due on the regular schedule counted from that fetch, as for the
+    /// rest of the fleet.
+    pub(super) fn adopt_shared(&mut self, record: &CacheRecord) -> Arc<Snapshot> {
+        let newer = self
+            .remote
+            .as_ref()
+            .is_none_or(|r| r.cache_timestamp < record.cache_timestamp);
+        if newer {
+            tracing::debug!(flags = record.flags.len(), "adopted flags from the shared store");
+            self.remote = Some(self.remote_state(
+                record.flags.clone(),
+                Source::Shared,
+                record.cache_timestamp,
+                record.etag.clone(),
+            ));
+        }
+        let basis = self.remote.as_ref().map_or(0, |r| r.cache_timestamp);
+        let (interval, jitter) = (self.config.fetch_interval, self.config.schedule_jitter);
+        let delay = schedule::regular(interval, jitter, fastrand::f64()).saturating_sub(self.age(basis));
+        if newer {
+            self.settled(delay)
+        } else {
+            self.schedule(delay);
+            self.shared.load_full()
+        }
+    }
+
+    /// A record announced in the fleet: adopted when remote flags are on and it is newer than
+    /// the flags held. A fetch in flight goes on (it may be this handle's own, for the fleet).
+    pub(super) fn announced(&mut self, record: &CacheRecord) {
+        let newer = self
+            .remote
+            .as_ref()
+            .is_none_or(|r| r.cache_timestamp < record.cache_timestamp);
+        if !self.enabled || !newer || self.in_flight.is_some() {
+            return;
+        }
+        self.adopt_shared(record);
     }
 
     pub(super) fn saved(&mut self, saved: Result<(), Error>, fetches: u64) {

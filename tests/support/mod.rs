@@ -2,6 +2,8 @@
 
 use wiremock::{MockServer, Request};
 
+pub mod redis_server;
+
 /// Every request the server got so far, oldest first.
 #[allow(dead_code)]
 pub async fn requests(server: &MockServer) -> Vec<Request> {

@@ -1,0 +1,119 @@
+//! A real `redis-server` on a free 127.0.0.1 port, for the shared-mode tests: started from the
+//! Debian package's binary (`.ci/run` installs it), with no persistence, stopped on drop.
+//! A test that needs it fails (never skips) when the binary is missing.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct RedisServer {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts a server on a port that was just free, and waits until it answers PING.
+    pub fn start() -> RedisServer {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut server = RedisServer { port, child: None };
+        server.restart();
+        server
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Kills the server at once (SIGKILL: no goodbye to the clients) and waits for it to exit.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port (empty: nothing persists).
+    pub fn restart(&mut self) {
+        self.kill();
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--protected-mode", "no", "--loglevel", "warning"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("redis-server must be installed (apt-get install -y redis-server)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.command(&["PING"]).as_deref() == Some("+PONG") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server on port {} did not answer PING", self.port);
+    }
+
+    /// Runs one command and returns the first line of the raw reply (`+OK`, `:1`, `$-1`...),
+    /// or `None` when the server cannot be reached.
+    pub fn command(&self, args: &[&str]) -> Option<String> {
+        self.command_bytes(&args.iter().map(|a| a.as_bytes()).collect::<Vec<_>>())
+    }
+
+    /// [`command`](Self::command) with binary arguments.
+    pub fn command_bytes(&self, args: &[&[u8]]) -> Option<String> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        let mut out = format!("*{}\r\n", args.len()).into_bytes();
+        for arg in args {
+            out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+            out.extend_from_slice(arg);
+            out.extend_from_slice(b"\r\n");
+        }
+        stream.write_all(&out).ok()?;
+        let mut reply = Vec::new();
+        let mut byte = [0u8; 1];
+        while !reply.ends_with(b"\r\n") {
+            if stream.read(&mut byte).ok()? == 0 {
+                return None;
+            }
+            reply.push(byte[0]);
+        }
+        reply.truncate(reply.len() - 2);
+        String::from_utf8(reply).ok()
+    }
+
+    /// `SET key value`, asserting the server took it.
+    pub fn set(&self, key: &str, value: &[u8]) {
+        assert_eq!(
+            self.command_bytes(&[b"SET", key.as_bytes(), value]).as_deref(),
+            Some("+OK")
+        );
+    }
+
+    /// The keys matching `pattern`.
+    pub fn keys(&self, pattern: &str) -> usize {
+        let reply = self.command(&["KEYS", pattern]).expect("server reachable");
+        reply.trim_start_matches('*').parse().unwrap()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
