@@ -13,8 +13,8 @@ use crate::backoff::Backoff;
 use crate::error::Error;
 use crate::fleet::SharedState;
 
-/// How long Redis may stay silent before it counts as down, and the backoff bounds of the
-/// attempts to reach it again.
+/// The backoff bounds of the attempts to reach Redis again; a short fetch interval shortens
+/// them too (to half of it), so that a fleet rejoins within an interval of Redis coming back.
 const RETRY_INITIAL: Duration = Duration::from_secs(1);
 const RETRY_CAP: Duration = Duration::from_secs(60);
 
@@ -36,13 +36,14 @@ struct Health {
 }
 
 impl Link {
-    pub(super) fn new(client: Client, timeout: Duration) -> Self {
+    pub(super) fn new(client: Client, timeout: Duration, interval: Duration) -> Self {
+        let cap = (interval / 2).clamp(Duration::from_millis(100), RETRY_CAP);
         Link {
             client,
             timeout,
             conn: Mutex::new(None),
             health: Mutex::new(Health {
-                backoff: Backoff::new(RETRY_INITIAL, RETRY_CAP),
+                backoff: Backoff::new(RETRY_INITIAL.min(cap), cap),
                 retry_at: None,
                 since: None,
             }),
@@ -134,7 +135,7 @@ impl Link {
     pub(super) fn down(&self, error: Error) -> Error {
         *lock(&self.conn) = None;
         let mut health = lock(&self.health);
-        let delay = health.backoff.next().unwrap_or(RETRY_CAP);
+        let delay = health.backoff.next().unwrap_or(RETRY_INITIAL);
         let retry_at = Instant::now() + delay;
         health.retry_at = Some(retry_at);
         let first = health.since.is_none();

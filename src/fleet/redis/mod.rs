@@ -155,7 +155,7 @@ impl Tier {
         // Long enough for a slow answer and the write after it; a holder that dies costs this.
         let lease_for = config.timeout + store.timeout * 2 + Duration::from_millis(500);
         Tier {
-            link: Link::new(store.client, store.timeout),
+            link: Link::new(store.client, store.timeout, config.fetch_interval),
             lease: format!("{key}:lease"),
             channel: format!("{key}:changed"),
             key,
