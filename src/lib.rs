@@ -20,6 +20,9 @@
 //!   is network, cache, the caller's defaults, then empty.
 //! - **Changes and health** are observable through `tokio::sync::watch` ([`Flags::subscribe`],
 //!   [`Flags::status_receiver`]).
+//! - **Fleets** (feature `redis`): processes sharing a Redis (`RedisStore`, given to
+//!   `FlagsBuilder::shared_store`) make about one request per interval between them and adopt
+//!   each other's flags the moment they are written; Redis failing never costs a flag.
 //! - **Privacy**: [`Flags::set_enabled`]`(false)` stops every request and serves defaults only;
 //!   the profile id is sent only as `user=`, never logged, and only hashed in the cache.
 //!
