@@ -403,6 +403,12 @@ impl FlagsBuilder {
         ))
     }
 
+    /// The settings, for the relay, which starts one handle per parameter set from a template.
+    #[cfg(feature = "relay")]
+    pub(crate) fn settings_mut(&mut self) -> &mut Settings {
+        &mut self.settings
+    }
+
     /// The validated configuration, without starting anything (for the unit tests).
     #[cfg(test)]
     pub(crate) fn validate(&self) -> Result<crate::config::Config, Error> {

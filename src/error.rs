@@ -78,6 +78,14 @@ pub enum Error {
         /// The underlying Redis or I/O error.
         source: Source,
     },
+    /// The relay could not listen on its address (in use, no permission).
+    #[error("could not listen on {addr}: {}", chain(&**.source))]
+    Listen {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// The underlying I/O error.
+        source: Source,
+    },
     /// The configuration is invalid; returned by [`FlagsBuilder::build`](crate::FlagsBuilder::build).
     #[error("invalid flagpole configuration: {reason}")]
     Config {
@@ -156,6 +164,14 @@ impl Error {
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn shared(source: impl std::error::Error + Send + Sync + 'static) -> Self {
         Error::Shared {
+            source: Arc::new(source),
+        }
+    }
+
+    #[cfg_attr(not(feature = "relay"), allow(dead_code))]
+    pub(crate) fn listen(addr: std::net::SocketAddr, source: std::io::Error) -> Self {
+        Error::Listen {
+            addr,
             source: Arc::new(source),
         }
     }

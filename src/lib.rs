@@ -191,6 +191,8 @@ mod layers;
 mod openfeature;
 mod parse;
 mod poller;
+#[cfg(feature = "relay")]
+pub mod relay;
 mod reply;
 mod request;
 mod rollout;

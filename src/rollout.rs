@@ -41,6 +41,11 @@ enum Change {
 }
 
 impl Processed {
+    /// The flags as the server sent them.
+    pub(crate) fn raw(&self) -> &Arc<Map<String, Value>> {
+        &self.raw
+    }
+
     /// How many flags the server sent (an upper bound on those served).
     pub(crate) fn len(&self) -> usize {
         self.raw.len()

@@ -55,6 +55,8 @@ pub struct Snapshot {
     cache_timestamp: Option<u64>,
     etag: Option<String>,
     groups: BTreeMap<String, String>,
+    /// The remote flags as the server sent them, before processing (for the relay).
+    raw: Option<Arc<Map<String, Value>>>,
 }
 
 impl fmt::Debug for Snapshot {
@@ -77,6 +79,7 @@ impl Default for Snapshot {
             cache_timestamp: None,
             etag: None,
             groups: BTreeMap::new(),
+            raw: None,
         }
     }
 }
@@ -117,12 +120,20 @@ impl Snapshot {
                 cache_timestamp: Some(remote.cache_timestamp),
                 etag: remote.etag.clone(),
                 groups: remote.processed.groups.clone(),
+                raw: Some(Arc::clone(remote.processed.raw())),
             },
             None => Snapshot {
                 flags,
                 ..Snapshot::default()
             },
         }
+    }
+
+    /// The remote flags as the server sent them, before MetaMask's processing; `None` while
+    /// no remote flags are served.
+    #[cfg_attr(not(feature = "relay"), allow(dead_code))]
+    pub(crate) fn raw_remote(&self) -> Option<&Arc<Map<String, Value>>> {
+        self.raw.as_ref()
     }
 
     /// True when a subscriber would see no difference: same values, same source. The timestamp

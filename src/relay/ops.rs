@@ -1,0 +1,117 @@
+//! Operations: `/health` (each parameter set's state) and `/metrics` (Prometheus text).
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use http::header::{HeaderValue, CONTENT_TYPE};
+use http::{Response, StatusCode};
+use serde_json::{json, Value};
+
+use super::route::{self, Body, Route};
+use super::State;
+use crate::status::Status;
+
+/// The statuses counted one by one; any other counts as `other`.
+const STATUSES: [u16; 9] = [200, 304, 400, 404, 405, 413, 500, 503, 0];
+
+/// Counters, updated with relaxed atomics (a scrape needs no exact cut across them).
+pub(crate) struct Metrics {
+    requests: Vec<AtomicU64>,
+    refused: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            requests: (0..Route::ALL.len() * STATUSES.len())
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            refused: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Metrics {
+    pub(crate) fn record(&self, route: Route, status: StatusCode) {
+        let r = Route::ALL.iter().position(|x| *x == route).unwrap_or(0);
+        let s = STATUSES
+            .iter()
+            .position(|x| *x == status.as_u16())
+            .unwrap_or(STATUSES.len() - 1);
+        self.requests[r * STATUSES.len() + s].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A connection closed at once because the relay was at its connection limit.
+    pub(crate) fn refused(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// `GET /health`: 200 when every started set serves flags, else 503; per set its state, the
+/// source and age of its flags, and the last error while stale.
+pub(super) fn health(state: &State) -> Response<Body> {
+    let now = std::time::Instant::now();
+    let mut sets = serde_json::Map::new();
+    let mut healthy = true;
+    for set in state.sets.started() {
+        let status = set.flags.status();
+        let snapshot = set.flags.snapshot();
+        let serving = snapshot.cache_timestamp().is_some();
+        healthy &= serving;
+        let mut entry = json!({
+            "state": match status { Status::Initializing => "starting", ref other => other.as_str() },
+            "source": snapshot.source().as_str(),
+            "age_s": age_s(snapshot.cache_timestamp()),
+        });
+        if let Status::Stale { since, last_error, .. } = &status {
+            entry["last_error"] = Value::from(last_error.to_string());
+            entry["stale_for_s"] = Value::from(now.saturating_duration_since(*since).as_secs());
+        }
+        sets.insert(set.params.name(), entry);
+    }
+    let status = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    route::json(status, &json!({ "status": if healthy { "ok" } else { "starting" }, "sets": sets }))
+}
+
+/// Seconds since the flags were fetched, if any.
+fn age_s(cache_timestamp: Option<u64>) -> Option<u64> {
+    let now = crate::clock::ms_since_epoch(std::time::SystemTime::now());
+    cache_timestamp.map(|ts| now.saturating_sub(ts) / 1000)
+}
+
+/// `GET /metrics`: Prometheus text format 0.0.4.
+pub(super) fn metrics(state: &State) -> Response<Body> {
+    let m = &state.metrics;
+    let mut out = String::new();
+    out.push_str("# HELP flagpole_relay_requests_total Requests answered, by route and status.\n");
+    out.push_str("# TYPE flagpole_relay_requests_total counter\n");
+    for (r, route) in Route::ALL.iter().enumerate() {
+        for (s, status) in STATUSES.iter().enumerate() {
+            let n = m.requests[r * STATUSES.len() + s].load(Ordering::Relaxed);
+            if n > 0 {
+                let status = if *status == 0 { "other".to_owned() } else { status.to_string() };
+                let _ = writeln!(
+                    out,
+                    "flagpole_relay_requests_total{{route=\"{}\",status=\"{status}\"}} {n}",
+                    route.label()
+                );
+            }
+        }
+    }
+    out.push_str("# HELP flagpole_relay_connections_refused_total Connections closed at the connection limit.\n");
+    out.push_str("# TYPE flagpole_relay_connections_refused_total counter\n");
+    let _ = writeln!(out, "flagpole_relay_connections_refused_total {}", m.refused.load(Ordering::Relaxed));
+    out.push_str("# HELP flagpole_relay_flags_age_seconds Age of the newest flags, by parameter set.\n");
+    out.push_str("# TYPE flagpole_relay_flags_age_seconds gauge\n");
+    for set in state.sets.started() {
+        if let Some(age) = age_s(set.flags.snapshot().cache_timestamp()) {
+            let _ = writeln!(out, "flagpole_relay_flags_age_seconds{{set=\"{}\"}} {age}", set.params.name());
+        }
+    }
+    let mut response = Response::new(route::full(out));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}

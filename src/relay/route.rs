@@ -1,0 +1,107 @@
+//! Which handler answers a request, and the response shapes they share.
+
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+
+use super::{api, ops, State};
+
+/// A response body: bytes in one piece, or a stream (the change stream).
+pub(crate) type Body = Either<Full<Bytes>, BoxBody<Bytes, Infallible>>;
+
+/// The relay's routes, for dispatch and for the request metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Route {
+    Flags,
+    Health,
+    Metrics,
+    NotFound,
+}
+
+impl Route {
+    pub(crate) const ALL: [Route; 4] = [Route::Flags, Route::Health, Route::Metrics, Route::NotFound];
+
+    fn of(path: &str) -> Route {
+        match path {
+            "/v1/flags" => Route::Flags,
+            "/health" => Route::Health,
+            "/metrics" => Route::Metrics,
+            _ => Route::NotFound,
+        }
+    }
+
+    /// The methods the route answers.
+    fn allows(self, method: &Method) -> bool {
+        match self {
+            Route::NotFound => true,
+            _ => method == Method::GET || method == Method::HEAD,
+        }
+    }
+
+    fn allow_header(self) -> &'static str {
+        "GET, HEAD"
+    }
+
+    /// The `route` label of the metrics.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Route::Flags => "flags",
+            Route::Health => "health",
+            Route::Metrics => "metrics",
+            Route::NotFound => "other",
+        }
+    }
+}
+
+pub(super) async fn handle(request: Request<Incoming>, state: &State) -> Response<Body> {
+    let route = Route::of(request.uri().path());
+    let response = if !route.allows(request.method()) {
+        let mut response = error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "METHOD_NOT_ALLOWED",
+            "method not allowed",
+        );
+        response
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static(route.allow_header()));
+        response
+    } else {
+        match route {
+            Route::Flags => api::flags(&request, state),
+            Route::Health => ops::health(state),
+            Route::Metrics => ops::metrics(state),
+            Route::NotFound => error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route"),
+        }
+    };
+    state.metrics.record(route, response.status());
+    response
+}
+
+/// A complete body.
+pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
+    Either::Left(Full::new(bytes.into()))
+}
+
+/// A JSON response.
+pub(crate) fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    let mut response = Response::new(full(body));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// A JSON error: `{"errorCode": code, "errorDetails": details}` (OFREP's shape, used throughout).
+pub(crate) fn error(status: StatusCode, code: &str, details: &str) -> Response<Body> {
+    json(
+        status,
+        &serde_json::json!({ "errorCode": code, "errorDetails": details }),
+    )
+}

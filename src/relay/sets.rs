@@ -1,0 +1,124 @@
+//! One upstream handle per parameter set (client × distribution × environment), started on the
+//! set's first request, and the view each one serves.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+
+use super::view::View;
+use crate::builder::FlagsBuilder;
+use crate::client::Flags;
+use crate::config::{Client, Distribution, Environment};
+use crate::error::Error;
+use crate::store::FileStore;
+
+/// The parameters of one upstream request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Params {
+    pub(crate) client: Client,
+    pub(crate) distribution: Distribution,
+    pub(crate) environment: Environment,
+}
+
+impl Params {
+    /// `client-distribution-environment`: names the cache file and the health entry.
+    pub(crate) fn name(self) -> String {
+        format!("{}-{}-{}", self.client, self.distribution, self.environment)
+    }
+
+    fn index(self) -> usize {
+        let at = |names: &[&str], name: &str| names.iter().position(|n| *n == name).unwrap_or(0);
+        let c = at(Client::NAMES, self.client.as_str());
+        let d = at(Distribution::NAMES, self.distribution.as_str());
+        let e = at(Environment::NAMES, self.environment.as_str());
+        (c * Distribution::NAMES.len() + d) * Environment::NAMES.len() + e
+    }
+
+    fn count() -> usize {
+        Client::NAMES.len() * Distribution::NAMES.len() * Environment::NAMES.len()
+    }
+}
+
+/// One parameter set: its upstream handle and the view it serves.
+pub(crate) struct Set {
+    pub(crate) params: Params,
+    pub(crate) flags: Flags,
+    view: ArcSwapOption<View>,
+}
+
+impl Set {
+    /// What to serve now: rebuilt only when the handle published a new snapshot since.
+    pub(crate) fn view(&self) -> Option<Arc<View>> {
+        let snapshot = self.flags.snapshot();
+        let current = self.view.load();
+        if let Some(view) = current.as_ref() {
+            if Arc::ptr_eq(&view.snapshot, &snapshot) {
+                return Some(Arc::clone(view));
+            }
+        }
+        let built = View::build(snapshot, current.as_deref()).map(Arc::new);
+        // A concurrent rebuild of the same snapshot stores an equal view: either may win.
+        self.view.store(built.clone());
+        built
+    }
+}
+
+/// Every parameter set the relay has served so far.
+pub(crate) struct Sets {
+    slots: Vec<OnceLock<Arc<Set>>>,
+    starting: Mutex<()>,
+    template: FlagsBuilder,
+    cache_dir: Option<PathBuf>,
+    pub(crate) interval: Duration,
+    pub(crate) defaults: Params,
+}
+
+impl Sets {
+    pub(crate) fn new(template: FlagsBuilder, cache_dir: Option<PathBuf>, interval: Duration, defaults: Params) -> Self {
+        Sets {
+            slots: (0..Params::count()).map(|_| OnceLock::new()).collect(),
+            starting: Mutex::new(()),
+            template,
+            cache_dir,
+            interval,
+            defaults,
+        }
+    }
+
+    /// The set's handle, started on first use (with its cache file, when the relay has a cache
+    /// directory: a restarted relay serves at once, with no upstream request while it is fresh).
+    pub(crate) fn get(&self, params: Params) -> Result<Arc<Set>, Error> {
+        let slot = &self.slots[params.index()];
+        if let Some(set) = slot.get() {
+            return Ok(Arc::clone(set));
+        }
+        let _starting = self.starting.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(set) = slot.get() {
+            return Ok(Arc::clone(set));
+        }
+        let mut builder = self
+            .template
+            .clone()
+            .client(params.client)
+            .distribution(params.distribution)
+            .environment(params.environment);
+        if let Some(dir) = &self.cache_dir {
+            builder = builder.store(FileStore::new(dir.join(format!("{}.json", params.name()))));
+        }
+        let set = Arc::new(Set {
+            params,
+            flags: builder.build()?,
+            view: ArcSwapOption::empty(),
+        });
+        let _ = slot.set(Arc::clone(&set));
+        tracing::info!(set = %params.name(), "relay started an upstream poller");
+        Ok(set)
+    }
+
+    /// The sets started so far.
+    pub(crate) fn started(&self) -> impl Iterator<Item = &Arc<Set>> + '_ {
+        self.slots.iter().filter_map(OnceLock::get)
+    }
+}

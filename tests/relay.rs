@@ -1,0 +1,69 @@
+//! The relay on the wire: reqwest against a relay in this process, wiremock upstream.
+
+mod support;
+
+use std::time::Duration;
+
+use flagpole::relay::Relay;
+use flagpole::Flags;
+use serde_json::{json, Value};
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+async fn upstream(body: Value) -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/flags"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(body))
+        .mount(&server)
+        .await;
+    server
+}
+
+async fn relay(upstream: &MockServer) -> Relay {
+    Relay::builder(Flags::builder().base_url(upstream.uri()))
+        .bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
+}
+
+/// GETs `url` until it answers something other than 503 (the relay's first flags take a fetch).
+async fn get_ready(client: &reqwest::Client, url: &str) -> reqwest::Response {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let response = client.get(url).send().await.unwrap();
+        if response.status() != 503 || tokio::time::Instant::now() > deadline {
+            return response;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn serves_the_upstream_body_with_etag_and_304() {
+    let body = json!([{"a": true}, {"b": {"x": [1, 2]}}]);
+    let up = upstream(body.clone()).await;
+    let relay = relay(&up).await;
+    let base = format!("http://{}", relay.local_addr());
+    let client = reqwest::Client::new();
+    let url = format!("{base}/v1/flags?client=extension&distribution=main&environment=prod&user=someone");
+    let first = get_ready(&client, &url).await;
+    assert_eq!(first.status(), 200);
+    let etag = first.headers()["etag"].to_str().unwrap().to_owned();
+    assert!(first.headers()["cache-control"].to_str().unwrap().starts_with("max-age="));
+    assert_eq!(first.headers()["x-flagpole-source"], "network");
+    let got: Value = serde_json::from_slice(&first.bytes().await.unwrap()).unwrap();
+    assert_eq!(got, body);
+    let again = client.get(&url).header("if-none-match", &etag).send().await.unwrap();
+    assert_eq!(again.status(), 304);
+    assert_eq!(again.headers()["etag"].to_str().unwrap(), etag);
+    // The user id is never forwarded upstream.
+    for request in up.received_requests().await.unwrap() {
+        assert!(!request.url.query().unwrap_or("").contains("user"), "{}", request.url);
+    }
+    let bad = client.get(format!("{base}/v1/flags?client=desktop")).send().await.unwrap();
+    assert_eq!(bad.status(), 400);
+    let error: Value = serde_json::from_slice(&bad.bytes().await.unwrap()).unwrap();
+    assert_eq!(error["accepted"], json!(["extension", "mobile"]));
+    relay.shutdown().await;
+}
