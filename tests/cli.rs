@@ -46,6 +46,8 @@ const ENV_VARS: &[&str] = &[
     "FLAGPOLE_DEFAULT",
     "FLAGPOLE_DEFAULTS_FILE",
     "FLAGPOLE_REFRESH",
+    "FLAGPOLE_REDIS_URL",
+    "FLAGPOLE_REDIS_PREFIX",
     "RUST_LOG",
 ];
 
@@ -298,6 +300,8 @@ const COMMON_OPTIONS: &[&str] = &[
     "--metrics-id",
     "--metrics-flags",
     "--override",
+    "--redis-url",
+    "--redis-prefix",
 ];
 
 const ALL_DEFAULTS: &[&str] = &[
@@ -308,6 +312,7 @@ const ALL_DEFAULTS: &[&str] = &[
     "[default: extension]",
     "[default: main]",
     "[default: prod]",
+    "[default: flagpole]",
 ];
 
 #[test]
@@ -2054,6 +2059,7 @@ async fn every_environment_variable_with_a_bad_value_exits_2_naming_the_option()
         ("FLAGPOLE_NO_CACHE", "maybe", "--no-cache"),
         ("FLAGPOLE_DISABLED", "maybe", "--disabled"),
         ("FLAGPOLE_REFRESH", "maybe", "--refresh"),
+        ("FLAGPOLE_REDIS_URL", "http://127.0.0.1:6379", "--redis-url"),
     ];
     for (var, value, option) in table {
         let out = run_env(&["get", "--no-cache", "--base-url", &base], &[(var, value)]).await;

@@ -25,11 +25,11 @@ pub(crate) struct Cli {
 pub(crate) enum Command {
     /// Print the flags once as one JSON object: {"source", "cache_timestamp", "flags", "error"}.
     ///
-    /// A fresh matching cache is served without a request unless --refresh; otherwise one
-    /// attempt (no retries), then fallback to the cache, the defaults, or {}. Exits 0 whenever
-    /// flags are served.
+    /// A fresh matching cache (or, with --redis-url, a fresh shared record) is served without a
+    /// request unless --refresh; otherwise one attempt (no retries), then fallback to the
+    /// cache, the defaults, or {}. Exits 0 whenever flags are served.
     Get {
-        /// Fetch even when the cache is fresh.
+        /// Fetch even when the cache or the shared record is fresh.
         #[arg(long, env = "FLAGPOLE_REFRESH", value_parser = BoolishValueParser::new())]
         refresh: bool,
     },
@@ -162,6 +162,28 @@ pub(crate) struct Common {
     /// Neither read nor write a cache file (wins over --cache-file).
     #[arg(long, global = true, env = "FLAGPOLE_NO_CACHE", value_parser = BoolishValueParser::new())]
     pub(crate) no_cache: bool,
+
+    /// Shared mode: redis://[user][:password@]host[:port][/db] (rediss:// for TLS). Processes
+    /// sharing it make about one request per interval between them and adopt each other's
+    /// flags (source "shared"); Redis down, they fetch alone. The URL is never printed or
+    /// logged. [default: none (also when empty): this process fetches alone]
+    #[arg(
+        long,
+        global = true,
+        env = "FLAGPOLE_REDIS_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub(crate) redis_url: Option<String>,
+
+    /// Prefix of the Redis keys (with --redis-url): processes that share flags use the same.
+    #[arg(
+        long,
+        global = true,
+        env = "FLAGPOLE_REDIS_PREFIX",
+        default_value = "flagpole"
+    )]
+    pub(crate) redis_prefix: String,
 
     /// Remote flags off: no request, defaults only.
     #[arg(long, global = true, env = "FLAGPOLE_DISABLED", value_parser = BoolishValueParser::new())]

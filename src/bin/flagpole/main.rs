@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::error::ErrorKind;
 use clap::Parser;
-use flagpole::{FileStore, Flags, FlagsBuilder, Source, Status};
+use flagpole::{FileStore, Flags, FlagsBuilder, RedisStore, Source, Status};
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -17,7 +17,7 @@ mod args;
 mod output;
 
 use args::{Cli, Command, Common};
-use output::{Event, Get};
+use output::{Event, Get, Shared};
 
 /// A failure and the exit code it maps to.
 enum Failure {
@@ -162,6 +162,14 @@ fn builder(common: &Common) -> Result<FlagsBuilder, Failure> {
     for (name, value) in &common.overrides {
         builder = builder.override_flag(name, value.clone());
     }
+    // Empty (an unset variable passed through, say) is no shared store.
+    if let Some(url) = common.redis_url.as_deref().filter(|url| !url.is_empty()) {
+        // The library's message never includes the URL's user or password.
+        let store = RedisStore::new(url)
+            .map_err(|e| Failure::Usage(format!("--redis-url: {e}")))?
+            .prefix(&common.redis_prefix);
+        builder = builder.shared_store(store);
+    }
     if !common.no_cache {
         match cache_path(common) {
             Some(path) => builder = builder.store(FileStore::new(path)),
@@ -198,29 +206,41 @@ fn cache_path(common: &Common) -> Option<PathBuf> {
     Some(dirs::cache_dir()?.join("flagpole").join(name))
 }
 
+/// The shared store's state, as printed; `None` without --redis-url.
+fn shared(flags: &Flags) -> Shared {
+    flags.shared_state().map(|state| state.as_str())
+}
+
 async fn get(flags: &Flags, refresh: bool) -> std::io::Result<()> {
-    // The poller's first outcome: a fresh cache (no request), or the one fetch it makes at start.
+    // The poller's first outcome: a fresh cache (no request), in shared mode a fresh record
+    // another process fetched (no request either), or the one fetch it makes at start.
     let mut status = flags.status_receiver();
     let first = status
         .wait_for(|s| !matches!(s, Status::Initializing))
         .await
         .map(|s| s.clone())
         .unwrap_or(Status::Stopped);
-    let from_fresh_cache =
-        matches!(first, Status::Fresh) && flags.snapshot().source() == Source::Cache;
-    let error = if refresh && from_fresh_cache {
+    let not_fetched = matches!(flags.snapshot().source(), Source::Cache | Source::Shared);
+    let error = if refresh && matches!(first, Status::Fresh) && not_fetched {
         flags.refresh().await.err().map(|e| e.to_string())
     } else {
         first.last_error().map(ToString::to_string)
     };
-    output::emit(&Get::new(&flags.snapshot(), error))
+    output::emit(&Get::new(&flags.snapshot(), error, shared(flags)))
 }
+
+/// How often `watch` looks at the shared store's state, which has no change notification.
+const SHARED_CHECK: Duration = Duration::from_millis(200);
 
 async fn watch(flags: &Flags) -> std::io::Result<()> {
     let mut snapshots = flags.subscribe();
     let mut status = flags.status_receiver();
     output::emit(&Event::snapshot(&snapshots.borrow_and_update()))?;
-    output::emit(&Event::status(&status.borrow_and_update()))?;
+    // The shared state printed last: a change of it alone prints the status again.
+    let mut shared_shown = shared(flags);
+    output::emit(&Event::status(&status.borrow_and_update(), shared_shown))?;
+    let mut shared_check = tokio::time::interval(SHARED_CHECK);
+    shared_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut commands = stdin_lines();
     let mut refreshes: JoinSet<Result<_, flagpole::Error>> = JoinSet::new();
     let mut stop = stop_signal()?;
@@ -237,7 +257,17 @@ async fn watch(flags: &Flags) -> std::io::Result<()> {
                 if changed.is_err() { break }
                 let now = status.borrow_and_update().clone();
                 if now.is_stopped() { break }
-                output::emit(&Event::status(&now))?;
+                shared_shown = shared(flags);
+                output::emit(&Event::status(&now, shared_shown))?;
+            }
+            _ = shared_check.tick(), if shared_shown.is_some() => {
+                if shared(flags) != shared_shown {
+                    // The status as it is now, marked seen: one line for both changes.
+                    let now = status.borrow_and_update().clone();
+                    if now.is_stopped() { break }
+                    shared_shown = shared(flags);
+                    output::emit(&Event::status(&now, shared_shown))?;
+                }
             }
             Some(done) = refreshes.join_next(), if !refreshes.is_empty() => {
                 let result = match done {
@@ -259,7 +289,7 @@ async fn watch(flags: &Flags) -> std::io::Result<()> {
         }
     }
     flags.shutdown().await;
-    output::emit(&Event::status(&Status::Stopped))
+    output::emit(&Event::status(&Status::Stopped, shared(flags)))
 }
 
 /// Lines of stdin from a plain thread: tokio's stdin would hold the runtime open on exit while a

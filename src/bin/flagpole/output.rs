@@ -15,19 +15,27 @@ pub(crate) struct Get {
     flags: Map<String, Value>,
     threshold_groups: Map<String, Value>,
     error: Option<String>,
+    /// With --redis-url only: `connecting`, `joined` or `down`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shared: Shared,
 }
 
 impl Get {
-    pub(crate) fn new(snapshot: &Snapshot, error: Option<String>) -> Self {
+    pub(crate) fn new(snapshot: &Snapshot, error: Option<String>, shared: Shared) -> Self {
         Get {
             source: snapshot.source(),
             cache_timestamp: snapshot.cache_timestamp(),
             flags: snapshot.to_json(),
             threshold_groups: groups(snapshot),
             error,
+            shared,
         }
     }
 }
+
+/// The shared store's state as printed (`SharedState::as_str`); `None` without --redis-url,
+/// and then the `shared` key is left out, so that output without it is unchanged.
+pub(crate) type Shared = Option<&'static str>;
 
 /// `{flag: group}` for every flag placed in a rollout group.
 fn groups(snapshot: &Snapshot) -> Map<String, Value> {
@@ -51,6 +59,8 @@ pub(crate) enum Event {
         status: &'static str,
         error: Option<String>,
         next_retry_ms: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        shared: Shared,
     },
     Refresh {
         ok: bool,
@@ -68,7 +78,7 @@ impl Event {
         }
     }
 
-    pub(crate) fn status(status: &Status) -> Self {
+    pub(crate) fn status(status: &Status, shared: Shared) -> Self {
         let next_retry_ms = match status {
             Status::Stale {
                 next_retry: Some(at),
@@ -80,6 +90,7 @@ impl Event {
             status: status.as_str(),
             error: status.last_error().map(ToString::to_string),
             next_retry_ms,
+            shared,
         }
     }
 
