@@ -21,7 +21,11 @@ pub(super) fn flags(request: &Request<Incoming>, state: &State) -> Response<Body
         Ok(set) => set,
         Err(error) => {
             tracing::error!(%error, "relay could not start an upstream poller");
-            return route::error(StatusCode::INTERNAL_SERVER_ERROR, "GENERAL", "upstream poller failed to start");
+            return route::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "GENERAL",
+                "upstream poller failed to start",
+            );
         }
     };
     let Some(view) = set.view() else {

@@ -2,10 +2,12 @@
 //! stream and OFREP over HTTP to every process of a host or a cluster (feature `relay`).
 
 mod api;
+mod ofrep;
 mod ops;
 mod route;
 mod server;
 mod sets;
+mod stream;
 mod view;
 
 use std::future::Future;
@@ -103,7 +105,12 @@ impl RelayBuilder {
         let addr = listener.local_addr().map_err(|e| Error::listen(addr, e))?;
         let token = CancellationToken::new();
         let state = Arc::new(State {
-            sets: Sets::new(self.upstream, self.cache_dir, config.fetch_interval, defaults),
+            sets: Sets::new(
+                self.upstream,
+                self.cache_dir,
+                config.fetch_interval,
+                defaults,
+            ),
             metrics: Metrics::default(),
             limits: self.limits,
             token: token.clone(),

@@ -63,14 +63,24 @@ pub(super) fn health(state: &State) -> Response<Body> {
             "source": snapshot.source().as_str(),
             "age_s": age_s(snapshot.cache_timestamp()),
         });
-        if let Status::Stale { since, last_error, .. } = &status {
+        if let Status::Stale {
+            since, last_error, ..
+        } = &status
+        {
             entry["last_error"] = Value::from(last_error.to_string());
             entry["stale_for_s"] = Value::from(now.saturating_duration_since(*since).as_secs());
         }
         sets.insert(set.params.name(), entry);
     }
-    let status = if healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    route::json(status, &json!({ "status": if healthy { "ok" } else { "starting" }, "sets": sets }))
+    let status = if healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    route::json(
+        status,
+        &json!({ "status": if healthy { "ok" } else { "starting" }, "sets": sets }),
+    )
 }
 
 /// Seconds since the flags were fetched, if any.
@@ -89,7 +99,11 @@ pub(super) fn metrics(state: &State) -> Response<Body> {
         for (s, status) in STATUSES.iter().enumerate() {
             let n = m.requests[r * STATUSES.len() + s].load(Ordering::Relaxed);
             if n > 0 {
-                let status = if *status == 0 { "other".to_owned() } else { status.to_string() };
+                let status = if *status == 0 {
+                    "other".to_owned()
+                } else {
+                    status.to_string()
+                };
                 let _ = writeln!(
                     out,
                     "flagpole_relay_requests_total{{route=\"{}\",status=\"{status}\"}} {n}",
@@ -100,12 +114,22 @@ pub(super) fn metrics(state: &State) -> Response<Body> {
     }
     out.push_str("# HELP flagpole_relay_connections_refused_total Connections closed at the connection limit.\n");
     out.push_str("# TYPE flagpole_relay_connections_refused_total counter\n");
-    let _ = writeln!(out, "flagpole_relay_connections_refused_total {}", m.refused.load(Ordering::Relaxed));
-    out.push_str("# HELP flagpole_relay_flags_age_seconds Age of the newest flags, by parameter set.\n");
+    let _ = writeln!(
+        out,
+        "flagpole_relay_connections_refused_total {}",
+        m.refused.load(Ordering::Relaxed)
+    );
+    out.push_str(
+        "# HELP flagpole_relay_flags_age_seconds Age of the newest flags, by parameter set.\n",
+    );
     out.push_str("# TYPE flagpole_relay_flags_age_seconds gauge\n");
     for set in state.sets.started() {
         if let Some(age) = age_s(set.flags.snapshot().cache_timestamp()) {
-            let _ = writeln!(out, "flagpole_relay_flags_age_seconds{{set=\"{}\"}} {age}", set.params.name());
+            let _ = writeln!(
+                out,
+                "flagpole_relay_flags_age_seconds{{set=\"{}\"}} {age}",
+                set.params.name()
+            );
         }
     }
     let mut response = Response::new(route::full(out));

@@ -9,7 +9,9 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
-use super::{api, ops, State};
+use std::sync::Arc;
+
+use super::{api, ofrep, ops, stream, State};
 
 /// A response body: bytes in one piece, or a stream (the change stream).
 pub(crate) type Body = Either<Full<Bytes>, BoxBody<Bytes, Infallible>>;
@@ -18,19 +20,36 @@ pub(crate) type Body = Either<Full<Bytes>, BoxBody<Bytes, Infallible>>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Route {
     Flags,
+    Stream,
+    OfrepBulk,
+    OfrepOne,
+    OfrepConfiguration,
     Health,
     Metrics,
     NotFound,
 }
 
 impl Route {
-    pub(crate) const ALL: [Route; 4] = [Route::Flags, Route::Health, Route::Metrics, Route::NotFound];
+    pub(crate) const ALL: [Route; 8] = [
+        Route::Flags,
+        Route::Stream,
+        Route::OfrepBulk,
+        Route::OfrepOne,
+        Route::OfrepConfiguration,
+        Route::Health,
+        Route::Metrics,
+        Route::NotFound,
+    ];
 
     fn of(path: &str) -> Route {
         match path {
             "/v1/flags" => Route::Flags,
+            "/v1/flags/stream" => Route::Stream,
+            "/ofrep/v1/evaluate/flags" => Route::OfrepBulk,
+            "/ofrep/v1/configuration" => Route::OfrepConfiguration,
             "/health" => Route::Health,
             "/metrics" => Route::Metrics,
+            _ if path.starts_with(OFREP_ONE) => Route::OfrepOne,
             _ => Route::NotFound,
         }
     }
@@ -39,18 +58,26 @@ impl Route {
     fn allows(self, method: &Method) -> bool {
         match self {
             Route::NotFound => true,
+            Route::OfrepBulk | Route::OfrepOne => method == Method::POST,
             _ => method == Method::GET || method == Method::HEAD,
         }
     }
 
     fn allow_header(self) -> &'static str {
-        "GET, HEAD"
+        match self {
+            Route::OfrepBulk | Route::OfrepOne => "POST",
+            _ => "GET, HEAD",
+        }
     }
 
     /// The `route` label of the metrics.
     pub(crate) fn label(self) -> &'static str {
         match self {
             Route::Flags => "flags",
+            Route::Stream => "stream",
+            Route::OfrepBulk => "ofrep_bulk",
+            Route::OfrepOne => "ofrep_flag",
+            Route::OfrepConfiguration => "ofrep_configuration",
             Route::Health => "health",
             Route::Metrics => "metrics",
             Route::NotFound => "other",
@@ -58,7 +85,10 @@ impl Route {
     }
 }
 
-pub(super) async fn handle(request: Request<Incoming>, state: &State) -> Response<Body> {
+/// The single-flag OFREP path, before the (percent-encoded) key.
+const OFREP_ONE: &str = "/ofrep/v1/evaluate/flags/";
+
+pub(super) async fn handle(request: Request<Incoming>, state: &Arc<State>) -> Response<Body> {
     let route = Route::of(request.uri().path());
     let response = if !route.allows(request.method()) {
         let mut response = error(
@@ -73,6 +103,13 @@ pub(super) async fn handle(request: Request<Incoming>, state: &State) -> Respons
     } else {
         match route {
             Route::Flags => api::flags(&request, state),
+            Route::Stream => stream::flags_stream(&request, state),
+            Route::OfrepBulk => ofrep::bulk(request, state).await,
+            Route::OfrepOne => {
+                let key = request.uri().path()[OFREP_ONE.len()..].to_owned();
+                ofrep::one(request, &key, state).await
+            }
+            Route::OfrepConfiguration => ofrep::configuration(state),
             Route::Health => ops::health(state),
             Route::Metrics => ops::metrics(state),
             Route::NotFound => error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route"),

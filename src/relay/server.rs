@@ -47,7 +47,10 @@ pub(super) async fn serve(listener: TcpListener, state: Arc<State>) {
     })
     .await;
     if drained.is_err() {
-        tracing::warn!(left = connections.len(), "relay drain timed out; closing the rest");
+        tracing::warn!(
+            left = connections.len(),
+            "relay drain timed out; closing the rest"
+        );
         connections.abort_all();
     }
 }

@@ -76,7 +76,12 @@ pub(crate) struct Sets {
 }
 
 impl Sets {
-    pub(crate) fn new(template: FlagsBuilder, cache_dir: Option<PathBuf>, interval: Duration, defaults: Params) -> Self {
+    pub(crate) fn new(
+        template: FlagsBuilder,
+        cache_dir: Option<PathBuf>,
+        interval: Duration,
+        defaults: Params,
+    ) -> Self {
         Sets {
             slots: (0..Params::count()).map(|_| OnceLock::new()).collect(),
             starting: Mutex::new(()),
