@@ -32,8 +32,8 @@ pub(crate) struct Processed {
 
 #[derive(Debug, Clone)]
 enum Change {
-    /// A version entry or rollout group was selected.
-    Replaced(Value),
+    /// A version entry or rollout group was selected, by this rule.
+    Replaced(Value, Rule),
     /// Not served: `null`, or no version qualifies (a default of the same name shows).
     Dropped,
     /// Not served, and its default hidden too: a selected group without a `value`.
@@ -62,6 +62,14 @@ impl Processed {
     /// Every flag served, in name order: `Some(value)`, or `None` for a flag that hides its
     /// default.
     pub(crate) fn served(&self) -> impl Iterator<Item = (&str, Option<&Value>)> + '_ {
+        self.resolved().map(|(name, value, _)| (name, value))
+    }
+
+    /// Like [`served`](Self::served), with the rule that chose each replaced value (`None`:
+    /// served as sent, or hidden). OFREP reports it as the evaluation's reason.
+    pub(crate) fn resolved(
+        &self,
+    ) -> impl Iterator<Item = (&str, Option<&Value>, Option<&Rule>)> + '_ {
         // Most flag sets have no processed flag at all: skip the lookups then.
         let changed = |name: &String| match self.changes.is_empty() {
             true => None,
@@ -70,12 +78,25 @@ impl Processed {
         self.raw
             .iter()
             .filter_map(move |(name, raw)| match changed(name) {
-                None => Some((name.as_str(), Some(raw))),
-                Some(Change::Replaced(value)) => Some((name.as_str(), Some(value))),
+                None => Some((name.as_str(), Some(raw), None)),
+                Some(Change::Replaced(value, rule)) => {
+                    Some((name.as_str(), Some(value), Some(rule)))
+                }
                 Some(Change::Dropped) => None,
-                Some(Change::Hidden) => Some((name.as_str(), None)),
+                Some(Change::Hidden) => Some((name.as_str(), None, None)),
             })
     }
+}
+
+/// Which of MetaMask's rules chose a served value that differs from the one sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Rule {
+    /// The `versions` entry under this key, and no rollout after it.
+    Version(String),
+    /// The rollout entry whose `metaMetricsIds` lists the user's metrics id.
+    Targeting,
+    /// The threshold rollout entry covering the user's position.
+    Threshold,
 }
 
 /// Applies versions, then explicit targeting and threshold rollouts, to every flag.
@@ -86,8 +107,8 @@ pub(crate) fn process(raw: &Arc<Map<String, Value>>, identity: &Identity) -> Pro
     };
     for (name, sent) in raw.iter() {
         let (value, versioned) = match resolve_version(sent, identity) {
-            Versioned::Unchanged => (sent, false),
-            Versioned::Selected(value) => (value, true),
+            Versioned::Unchanged => (sent, None),
+            Versioned::Selected(key, value) => (value, Some(key)),
             Versioned::Dropped => {
                 out.changes.insert(name.clone(), Change::Dropped);
                 continue;
@@ -98,19 +119,21 @@ pub(crate) fn process(raw: &Arc<Map<String, Value>>, identity: &Identity) -> Pro
             continue;
         }
         let change = match select_group(name, value, identity) {
-            Some(entry) => {
+            Some((entry, rule)) => {
                 if let Some(group) = entry.get("name").and_then(Value::as_str) {
                     if !group.is_empty() {
                         out.groups.insert(name.clone(), group.to_owned());
                     }
                 }
                 match entry.get("value") {
-                    Some(value) => Change::Replaced(value.clone()),
+                    Some(value) => Change::Replaced(value.clone(), rule),
                     None => Change::Hidden,
                 }
             }
-            None if versioned => Change::Replaced(value.clone()),
-            None => continue,
+            None => match versioned {
+                Some(key) => Change::Replaced(value.clone(), Rule::Version(key.clone())),
+                None => continue,
+            },
         };
         out.changes.insert(name.clone(), change);
     }
@@ -120,7 +143,8 @@ pub(crate) fn process(raw: &Arc<Map<String, Value>>, identity: &Identity) -> Pro
 enum Versioned<'a> {
     /// Not a version flag (or no client version to judge it by).
     Unchanged,
-    Selected(&'a Value),
+    /// The entry under this key.
+    Selected(&'a String, &'a Value),
     /// A version flag with no entry for this client.
     Dropped,
 }
@@ -146,28 +170,29 @@ fn resolve_version<'a>(value: &'a Value, identity: &Identity) -> Versioned<'a> {
     let Some((client_raw, client)) = &identity.client_version else {
         return Versioned::Unchanged;
     };
-    let mut best: Option<(&semver::Version, &Value)> = None;
+    let mut best: Option<(&semver::Version, &String, &Value)> = None;
     for (key, version, v) in &parsed {
         // Identical text, or strictly lower: equal precedence with other build metadata is not
         // the same version.
         let qualifies = *key == client_raw || version.cmp_precedence(client) == Ordering::Less;
-        if qualifies && best.is_none_or(|(b, _)| version.cmp_precedence(b) == Ordering::Greater) {
-            best = Some((version, v));
+        if qualifies && best.is_none_or(|(b, _, _)| version.cmp_precedence(b) == Ordering::Greater)
+        {
+            best = Some((version, key, v));
         }
     }
     match best {
-        Some((_, v)) => Versioned::Selected(v),
+        Some((_, key, v)) => Versioned::Selected(key, v),
         None => Versioned::Dropped,
     }
 }
 
-/// The entry of a threshold array this identity selects; `None` leaves the value as it is (not a
-/// threshold array, no id to segment by, or no entry matching).
+/// The entry of a threshold array this identity selects, and by which rule; `None` leaves the
+/// value as it is (not a threshold array, no id to segment by, or no entry matching).
 fn select_group<'a>(
     name: &str,
     value: &'a Value,
     identity: &Identity,
-) -> Option<&'a Map<String, Value>> {
+) -> Option<(&'a Map<String, Value>, Rule)> {
     let entries: Vec<&Map<String, Value>> = value
         .as_array()?
         .iter()
@@ -190,7 +215,7 @@ fn select_group<'a>(
                 })
         });
         if let Some(entry) = targeted {
-            return Some(entry);
+            return Some((*entry, Rule::Targeting));
         }
     }
     let id = if identity.metrics_flags.contains(name) {
@@ -199,13 +224,14 @@ fn select_group<'a>(
         identity.profile_id.as_deref()
     }?;
     let threshold = threshold(id, name);
-    entries.into_iter().find(|entry| {
+    let entry = entries.into_iter().find(|entry| {
         entry
             .get("scope")
             .and_then(|scope| scope.get("value"))
             .and_then(Value::as_f64)
             .is_some_and(|limit| threshold <= limit)
-    })
+    })?;
+    Some((entry, Rule::Threshold))
 }
 
 /// The user's position in a flag's rollout, in [0, 1] with six decimals: the SHA-256 of

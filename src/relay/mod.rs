@@ -2,6 +2,7 @@
 //! stream and OFREP over HTTP to every process of a host or a cluster (feature `relay`).
 
 mod api;
+mod body;
 mod ofrep;
 mod ops;
 mod route;
@@ -142,6 +143,14 @@ pub(crate) struct State {
 ///   `X-Flagpole-Source`; 503 with `Retry-After: 1` until the first flags arrive; 400 listing the
 ///   accepted values for an unknown one. `user=` is accepted and ignored (never forwarded,
 ///   logged or stored).
+/// - OFREP: `POST /ofrep/v1/evaluate/flags` (bulk, with an `ETag` over the flags and the
+///   evaluation context: `If-None-Match` → 304), `POST /ofrep/v1/evaluate/flags/{key}` and
+///   `GET /ofrep/v1/configuration`. MetaMask's processing runs per request for the context's
+///   `targetingKey` (the profile id), `metaMetricsId`, `metaMetricsFlags` and `clientVersion`:
+///   a threshold rollout answers reason `SPLIT` with its group as the `variant`, explicit
+///   targeting and versions `TARGETING_MATCH`, other flags `STATIC`. Headers
+///   `X-Flagpole-Client`, `-Distribution` and `-Environment` select the parameter set. Bodies
+///   over 64 KiB get 413, invalid JSON 400 `PARSE_ERROR`, wrong shapes 400 `INVALID_CONTEXT`.
 /// - `GET /health` and `GET /metrics` (Prometheus text).
 ///
 /// ```no_run

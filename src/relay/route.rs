@@ -109,7 +109,7 @@ pub(super) async fn handle(request: Request<Incoming>, state: &Arc<State>) -> Re
                 let key = request.uri().path()[OFREP_ONE.len()..].to_owned();
                 ofrep::one(request, &key, state).await
             }
-            Route::OfrepConfiguration => ofrep::configuration(state),
+            Route::OfrepConfiguration => ofrep::configuration(request.headers(), state),
             Route::Health => ops::health(state),
             Route::Metrics => ops::metrics(state),
             Route::NotFound => error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route"),

@@ -328,3 +328,41 @@ fn version_parsing_matches_node_semver_valid() {
     }
     assert!(parse_version(&format!("1.2.3-{}", "a".repeat(300))).is_none());
 }
+
+#[test]
+fn resolved_names_the_rule_that_chose_each_value() {
+    let identity = Identity {
+        profile_id: Some("user-42".to_owned()),
+        metrics_id: Some("MM-1".to_owned()),
+        client_version: Some(("13.2.0".to_owned(), parse_version("13.2.0").unwrap())),
+        ..Identity::default()
+    };
+    let raw = json!({
+        "plain": true,
+        "gated": versions(json!({"13.0.0": "a", "14.0.0": "b"})),
+        "gated_rollout": versions(json!({"13.0.0": rollout(&[("all", 1.0, json!("on"))])})),
+        "split": rollout(&[("all", 1.0, json!(1))]),
+        "targeted": [
+            {"name": "vip", "scope": {"value": 0.0}, "metaMetricsIds": [" mm-1 "], "value": 2},
+            {"name": "rest", "scope": {"value": 1.0}, "value": 3}
+        ],
+        "hidden": [{"name": "h", "scope": {"value": 1.0}}],
+    });
+    let processed = process(&Arc::new(raw.as_object().unwrap().clone()), &identity);
+    let rules: Vec<(&str, Option<&Value>, Option<&Rule>)> = processed.resolved().collect();
+    let version = Rule::Version("13.0.0".to_owned());
+    assert_eq!(
+        rules,
+        vec![
+            ("gated", Some(&json!("a")), Some(&version)),
+            ("gated_rollout", Some(&json!("on")), Some(&Rule::Threshold)),
+            ("hidden", None, None),
+            ("plain", Some(&json!(true)), None),
+            ("split", Some(&json!(1)), Some(&Rule::Threshold)),
+            ("targeted", Some(&json!(2)), Some(&Rule::Targeting)),
+        ]
+    );
+    let served: Vec<_> = processed.served().collect();
+    let expected: Vec<_> = rules.iter().map(|(n, v, _)| (*n, *v)).collect();
+    assert_eq!(served, expected);
+}
