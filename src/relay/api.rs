@@ -4,15 +4,25 @@ use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, ETAG, IF_NONE_MATCH
 use http::{HeaderMap, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
 
 use super::route::{self, Body};
-use super::sets::Params;
+use super::sets::{Params, Set};
 use super::view::View;
 use super::State;
 use crate::config::{Client, Distribution, Environment};
 use crate::error::UnknownValue;
+use crate::status::Status;
 
-pub(super) fn flags(request: &Request<Incoming>, state: &State) -> Response<Body> {
+/// How long a request waits for the first flags of a set that is still initialising (its cache
+/// loading, or its first fetch): a restarted relay's first client gets the cached flags instead
+/// of a 503 (the load runs beside the poller, after the request started it), and a one-attempt
+/// client of a cold relay gets the fetch if upstream answers quickly. A set whose first fetch
+/// failed answers 503 at once.
+const FIRST_FLAGS_WAIT: Duration = Duration::from_secs(1);
+
+pub(super) async fn flags(request: &Request<Incoming>, state: &State) -> Response<Body> {
     let params = match parse_query(request.uri().query(), state.sets.defaults) {
         Ok(params) => params,
         Err(unknown) => return unknown_value(&unknown),
@@ -28,7 +38,7 @@ pub(super) fn flags(request: &Request<Incoming>, state: &State) -> Response<Body
             );
         }
     };
-    let Some(view) = set.view() else {
+    let Some(view) = first_view(&set).await else {
         let mut response = route::error(
             StatusCode::SERVICE_UNAVAILABLE,
             "FLAGS_NOT_READY",
@@ -55,6 +65,23 @@ pub(super) fn flags(request: &Request<Incoming>, state: &State) -> Response<Body
             .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     }
     response
+}
+
+/// The set's view; while it has none and its first outcome (cache load or fetch) has not come,
+/// waits for it up to [`FIRST_FLAGS_WAIT`].
+async fn first_view(set: &Set) -> Option<Arc<View>> {
+    if let Some(view) = set.view() {
+        return Some(view);
+    }
+    let mut status = set.flags.status_receiver();
+    let first = async {
+        tokio::select! {
+            _ = set.flags.ready() => {}
+            _ = status.wait_for(|s| !matches!(s, Status::Initializing)) => {}
+        }
+    };
+    let _ = tokio::time::timeout(FIRST_FLAGS_WAIT, first).await;
+    set.view()
 }
 
 /// `ETag`, `Cache-Control: max-age=<freshness left>` and `X-Flagpole-Source`.

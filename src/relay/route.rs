@@ -102,7 +102,7 @@ pub(super) async fn handle(request: Request<Incoming>, state: &Arc<State>) -> Re
         response
     } else {
         match route {
-            Route::Flags => api::flags(&request, state),
+            Route::Flags => api::flags(&request, state).await,
             Route::Stream => stream::flags_stream(&request, state),
             Route::OfrepBulk => ofrep::bulk(request, state).await,
             Route::OfrepOne => {

@@ -1,5 +1,6 @@
 //! Command-line arguments: every option also reads `FLAGPOLE_<OPTION>` from the environment.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -38,6 +39,42 @@ pub(crate) enum Command {
     /// Reads commands from stdin, one per line: refresh, enable, disable, quit. SIGINT, SIGTERM
     /// or quit stop it; the last line is the "stopped" status.
     Watch,
+    /// Serve the flags over HTTP to many clients from one upstream poller per parameter set.
+    ///
+    /// Routes: GET /v1/flags?client=&distribution=&environment= (the Client Config API: point
+    /// clients' --base-url at http://HOST:PORT/v1), /health, /metrics. user= is accepted and
+    /// ignored: the relay serves the unpersonalised flags. --client, --distribution and
+    /// --environment are the defaults for requests that name none; the other common options
+    /// apply upstream, except the personal and local ones (--profile-id, --metrics-id,
+    /// --metrics-flags, --client-version, --default, --defaults-file, --override, --disabled,
+    /// --cache-file), which are refused. Prints "flagpole relay listening on ADDR" on stderr
+    /// once it accepts connections; SIGINT or SIGTERM stop accepting, let requests in flight
+    /// finish for up to 5 s, and exit 0.
+    Relay(RelayArgs),
+}
+
+/// Options of `flagpole relay`.
+#[derive(Debug, Args)]
+pub(crate) struct RelayArgs {
+    /// Address to listen on, as IP:PORT (port 0 picks a free one; [::]:8080 for every interface).
+    #[arg(long, env = "FLAGPOLE_LISTEN", default_value = "127.0.0.1:8080", value_parser = parse_listen)]
+    pub(crate) listen: SocketAddr,
+
+    /// Directory of the cache files, one per parameter set (<client>-<distribution>-<environment>.json):
+    /// a restarted relay serves them at once, with no upstream request while they are fresh.
+    /// [default: <platform cache dir>/flagpole/relay; none with --no-cache]
+    #[arg(long, env = "FLAGPOLE_CACHE_DIR", value_name = "DIR")]
+    pub(crate) cache_dir: Option<PathBuf>,
+
+    /// Open connections at most; past it new ones are closed at once.
+    #[arg(long, env = "FLAGPOLE_MAX_CONNECTIONS", default_value = "10000", value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) max_connections: u32,
+}
+
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    s.trim().parse().map_err(|_| {
+        format!("`{s}` is not an address like 127.0.0.1:8080, 0.0.0.0:8080 or [::1]:8080")
+    })
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -159,7 +196,7 @@ pub(crate) struct Common {
     #[arg(long, global = true, env = "FLAGPOLE_CACHE_FILE")]
     pub(crate) cache_file: Option<PathBuf>,
 
-    /// Neither read nor write a cache file (wins over --cache-file).
+    /// Neither read nor write a cache file (wins over --cache-file and relay's --cache-dir).
     #[arg(long, global = true, env = "FLAGPOLE_NO_CACHE", value_parser = BoolishValueParser::new())]
     pub(crate) no_cache: bool,
 
@@ -233,6 +270,15 @@ mod tests {
         }
         for bad in ["13.1", "latest", "01.2.3", ""] {
             assert!(parse_version(bad).unwrap_err().contains("semantic version"));
+        }
+    }
+
+    #[test]
+    fn listen_addresses_parse() {
+        assert_eq!(parse_listen("127.0.0.1:0").unwrap().port(), 0);
+        assert!(parse_listen("[::]:8080").unwrap().is_ipv6());
+        for bad in ["nonsense", "8080", "localhost:8080", "127.0.0.1"] {
+            assert!(parse_listen(bad).unwrap_err().contains("is not an address"));
         }
     }
 

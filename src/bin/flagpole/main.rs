@@ -15,6 +15,7 @@ use tokio::task::JoinSet;
 
 mod args;
 mod output;
+mod relay;
 
 use args::{Cli, Command, Common};
 use output::{Event, Get, Shared};
@@ -92,20 +93,18 @@ fn init_logs(verbose: u8) {
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
+    if let Command::Relay(args) = &cli.command {
+        return relay::run(&cli.common, args).await;
+    }
     // `get` is one attempt: the poller fetches at start only when the cache is not fresh, and
     // neither retries nor schedules anything after that.
     let one_shot = matches!(cli.command, Command::Get { .. });
     let flags = builder(&cli.common)?
         .polling(!one_shot)
         .build()
-        .map_err(|e| match &e {
-            flagpole::Error::Config { reason } => Failure::Usage(match option_for(reason) {
-                Some(option) => format!("{option}: {e}"),
-                None => e.to_string(),
-            }),
-            _ => Failure::Other(e.to_string()),
-        })?;
+        .map_err(failure)?;
     let written = match cli.command {
+        Command::Relay(_) => Ok(()),
         Command::Get { refresh } => {
             let written = get(&flags, refresh).await;
             // Saves run beside the poller: let the last one reach the cache before exiting,
@@ -117,6 +116,17 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     };
     flags.shutdown().await;
     written.map_err(|e| Failure::Other(format!("cannot write to stdout: {e}")))
+}
+
+/// A configuration error is a usage error naming the option; anything else is a failure.
+fn failure(e: flagpole::Error) -> Failure {
+    match &e {
+        flagpole::Error::Config { reason } => Failure::Usage(match option_for(reason) {
+            Some(option) => format!("{option}: {e}"),
+            None => e.to_string(),
+        }),
+        _ => Failure::Other(e.to_string()),
+    }
 }
 
 /// The option behind a configuration error, so that the message names what to fix: the
@@ -134,7 +144,9 @@ fn option_for(reason: &str) -> Option<&'static str> {
     .map(|(_, option)| option)
 }
 
-fn builder(common: &Common) -> Result<FlagsBuilder, Failure> {
+/// What the request and the polling need: the options `get`, `watch` and `relay` share (the
+/// relay adds its own cache files, per parameter set).
+fn upstream(common: &Common) -> Result<FlagsBuilder, Failure> {
     let mut builder = Flags::builder()
         .base_url(&common.base_url)
         .client(common.client)
@@ -143,8 +155,21 @@ fn builder(common: &Common) -> Result<FlagsBuilder, Failure> {
         .fetch_interval(common.fetch_interval)
         .timeout(common.timeout)
         .backoff_initial(common.backoff_initial)
-        .backoff_max(common.backoff_max)
-        .enabled(!common.disabled);
+        .backoff_max(common.backoff_max);
+    // Empty (an unset variable passed through, say) is no shared store.
+    if let Some(url) = common.redis_url.as_deref().filter(|url| !url.is_empty()) {
+        // The library's message never includes the URL's user or password.
+        let store = RedisStore::new(url)
+            .map_err(|e| Failure::Usage(format!("--redis-url: {e}")))?
+            .prefix(&common.redis_prefix);
+        builder = builder.shared_store(store);
+    }
+    Ok(builder)
+}
+
+/// `upstream` plus the personal and local options and the cache file of `get` and `watch`.
+fn builder(common: &Common) -> Result<FlagsBuilder, Failure> {
+    let mut builder = upstream(common)?.enabled(!common.disabled);
     if let Some(id) = &common.profile_id {
         builder = builder.profile_id(id);
     }
@@ -161,14 +186,6 @@ fn builder(common: &Common) -> Result<FlagsBuilder, Failure> {
     builder = builder.defaults(common.defaults.iter().cloned());
     for (name, value) in &common.overrides {
         builder = builder.override_flag(name, value.clone());
-    }
-    // Empty (an unset variable passed through, say) is no shared store.
-    if let Some(url) = common.redis_url.as_deref().filter(|url| !url.is_empty()) {
-        // The library's message never includes the URL's user or password.
-        let store = RedisStore::new(url)
-            .map_err(|e| Failure::Usage(format!("--redis-url: {e}")))?
-            .prefix(&common.redis_prefix);
-        builder = builder.shared_store(store);
     }
     if !common.no_cache {
         match cache_path(common) {
