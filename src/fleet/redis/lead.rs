@@ -15,9 +15,9 @@ use crate::transport::BoxFuture;
 const ROUNDS: usize = 3;
 
 /// The fetch of a due handle, through the fleet. `request` is the handle's own fetch; it is sent
-/// only when this handle takes the lease, or when Redis fails (then the handle fetches alone, as
-/// without a shared store). `force`: a caller asked for a refresh, so only a record written since
-/// is good enough.
+/// only when this handle takes the lease and the record is still not usable, or when Redis fails
+/// (then the handle fetches alone, as without a shared store). `force`: a caller asked for a
+/// refresh, so only a record written since is good enough.
 pub(crate) fn coordinate(
     tier: Arc<Tier>,
     held: Held,
@@ -42,7 +42,19 @@ pub(crate) fn coordinate(
             changes.mark_unchanged();
             match tier.try_lease().await {
                 Err(_) => break,
-                Ok(true) => return lead(&tier, &held, request).await,
+                Ok(true) => {
+                    // The holder before may have written its record and given the lease back
+                    // between this handle's read and its lease: read again before fetching.
+                    let written = tier.read().await.ok().flatten();
+                    match written.filter(|r| usable(&tier, r, &held, force, asked)) {
+                        Some(record) => {
+                            tier.release().await;
+                            tracing::debug!("adopting flags another process fetched");
+                            return Outcome::Adopted(Arc::new(record));
+                        }
+                        None => return lead(&tier, &held, request).await,
+                    }
+                }
                 Ok(false) => {
                     // Another process is fetching: its announcement, or the end of its lease.
                     let left = match tier.lease_left().await {
