@@ -380,13 +380,7 @@ impl FlagsBuilder {
     pub fn build(self) -> Result<Flags, Error> {
         let config = self.settings.validate()?;
         let runtime = Runtime::current_or_own()?;
-        let transport = match self.transport {
-            Some(t) => t,
-            None => Arc::new(match self.http_client {
-                Some(c) => HttpTransport::with_client(c),
-                None => HttpTransport::new()?,
-            }),
-        };
+        let transport = self.transport_or_default()?;
         #[cfg(feature = "redis")]
         let fleet = self.shared_store.map_or_else(Fleet::default, |store| {
             Fleet::redis(crate::fleet::redis::Tier::new(store, &config))
@@ -401,6 +395,18 @@ impl FlagsBuilder {
             self.token.unwrap_or_default(),
             runtime,
         ))
+    }
+
+    /// The transport a handle built now would use: the one set, else HTTP over the caller's
+    /// client or a new one. The relay wraps it to count upstream fetches.
+    pub(crate) fn transport_or_default(&self) -> Result<Arc<dyn Transport>, Error> {
+        Ok(match &self.transport {
+            Some(t) => Arc::clone(t),
+            None => Arc::new(match &self.http_client {
+                Some(c) => HttpTransport::with_client(c.clone()),
+                None => HttpTransport::new()?,
+            }),
+        })
     }
 
     /// The settings, for the relay, which starts one handle per parameter set from a template.

@@ -9,6 +9,7 @@ mod route;
 mod server;
 mod sets;
 mod stream;
+mod upstream;
 mod view;
 
 use std::future::Future;
@@ -17,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -50,7 +51,12 @@ pub(crate) struct Limits {
     pub(crate) header_read_timeout: Duration,
     pub(crate) max_body_bytes: usize,
     pub(crate) drain: Duration,
+    /// The change stream's comment interval, so that proxies keep an idle stream open.
     pub(crate) keep_alive: Duration,
+    /// How long a change stream's socket may stay full before the client is dropped.
+    pub(crate) stall: Duration,
+    /// `SO_SNDBUF` of accepted sockets; `None` leaves the kernel's autotuning.
+    pub(crate) send_buffer: Option<u32>,
 }
 
 impl Default for Limits {
@@ -61,6 +67,8 @@ impl Default for Limits {
             max_body_bytes: 64 * 1024,
             drain: Duration::from_secs(5),
             keep_alive: Duration::from_secs(15),
+            stall: Duration::from_secs(30),
+            send_buffer: None,
         }
     }
 }
@@ -76,6 +84,37 @@ impl RelayBuilder {
     /// At most this many open connections (default 10,000); past it new ones are closed at once.
     pub fn max_connections(mut self, max: usize) -> Self {
         self.limits.max_connections = max.max(1);
+        self
+    }
+
+    /// How long a client may take to send a request's headers (default 10 s), counted from the
+    /// connection's start or the end of the previous response: a client that trickles its headers
+    /// (slow-loris), or holds an idle connection longer, is disconnected. At least 1 ms.
+    pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
+        self.limits.header_read_timeout = timeout.max(MIN_TIMER);
+        self
+    }
+
+    /// The change stream's keep-alive comment interval (default 15 s). For tests; free to change.
+    #[doc(hidden)]
+    pub fn keep_alive(mut self, interval: Duration) -> Self {
+        self.limits.keep_alive = interval.max(MIN_TIMER);
+        self
+    }
+
+    /// How long a change stream may find its socket full before the client is dropped (default
+    /// 30 s). For tests; free to change.
+    #[doc(hidden)]
+    pub fn stall_timeout(mut self, stall: Duration) -> Self {
+        self.limits.stall = stall.max(MIN_TIMER);
+        self
+    }
+
+    /// `SO_SNDBUF` for accepted sockets (default: the kernel's autotuning), so that a test fills
+    /// a socket in kilobytes instead of megabytes. For tests; free to change.
+    #[doc(hidden)]
+    pub fn send_buffer_size(mut self, bytes: u32) -> Self {
+        self.limits.send_buffer = Some(bytes);
         self
     }
 
@@ -100,7 +139,7 @@ impl RelayBuilder {
             distribution: config.distribution,
             environment: config.environment,
         };
-        let listener = TcpListener::bind(addr)
+        let listener = listen(addr, self.limits.send_buffer)
             .await
             .map_err(|e| Error::listen(addr, e))?;
         let addr = listener.local_addr().map_err(|e| Error::listen(addr, e))?;
@@ -111,7 +150,7 @@ impl RelayBuilder {
                 self.cache_dir,
                 config.fetch_interval,
                 defaults,
-            ),
+            )?,
             metrics: Metrics::default(),
             limits: self.limits,
             token: token.clone(),
@@ -124,6 +163,25 @@ impl RelayBuilder {
             task: Some(task),
         })
     }
+}
+
+/// The shortest timer interval accepted: zero would spin (or, for an interval, panic).
+const MIN_TIMER: Duration = Duration::from_millis(1);
+
+/// A listener on `addr`; accepted sockets inherit its send buffer size.
+async fn listen(addr: SocketAddr, send_buffer: Option<u32>) -> std::io::Result<TcpListener> {
+    let Some(size) = send_buffer else {
+        return TcpListener::bind(addr).await;
+    };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_send_buffer_size(size)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
 }
 
 /// What every request handler shares.
@@ -151,7 +209,18 @@ pub(crate) struct State {
 ///   targeting and versions `TARGETING_MATCH`, other flags `STATIC`. Headers
 ///   `X-Flagpole-Client`, `-Distribution` and `-Environment` select the parameter set. Bodies
 ///   over 64 KiB get 413, invalid JSON 400 `PARSE_ERROR`, wrong shapes 400 `INVALID_CONTEXT`.
-/// - `GET /health` and `GET /metrics` (Prometheus text).
+/// - `GET /v1/flags/stream?client=&distribution=&environment=`: Server-Sent Events. On connect
+///   an `event: flags` with `id: <etag>` and data `{"etag": .., "cacheTimestamp": ..}` (as soon as
+///   there are flags), then one per change of the tag, and a `: keep-alive` comment after 15 s of
+///   quiet. A notification only: clients refetch `/v1/flags`. Nothing is queued per client: a
+///   client that falls behind gets the latest tag, and one whose socket stays full for 30 s is
+///   disconnected.
+/// - `GET /health` (per parameter set: `starting`, `fresh`, or `stale` with the last error) and
+///   `GET /metrics` (Prometheus text: requests by route and status, refused connections, open
+///   and dropped streams, upstream fetches and failures, the age of the flags).
+///
+/// Against slow or greedy clients: a connection limit (past it, new connections are closed at
+/// once) and a [header read timeout](RelayBuilder::header_read_timeout).
 ///
 /// ```no_run
 /// # #[tokio::main]
@@ -197,8 +266,9 @@ impl Relay {
         self.shutdown().await;
     }
 
-    /// Stops accepting, lets requests in flight finish (streams end at once) for up to 5 s,
-    /// then stops the upstream pollers.
+    /// Stops accepting (new connections are refused), ends the change streams at once, lets
+    /// requests in flight finish for up to 5 s (then closes what is left), and stops the upstream
+    /// pollers.
     pub async fn shutdown(mut self) {
         self.state.token.cancel();
         if let Some(task) = self.task.take() {

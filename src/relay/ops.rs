@@ -8,6 +8,7 @@ use http::{Response, StatusCode};
 use serde_json::{json, Value};
 
 use super::route::{self, Body, Route};
+use super::sets::Set;
 use super::State;
 use crate::status::Status;
 
@@ -18,6 +19,10 @@ const STATUSES: [u16; 9] = [200, 304, 400, 404, 405, 413, 500, 503, 0];
 pub(crate) struct Metrics {
     requests: Vec<AtomicU64>,
     refused: AtomicU64,
+    /// Change streams open now.
+    streams: AtomicU64,
+    /// Change streams closed because the client stopped reading.
+    streams_dropped: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -27,6 +32,8 @@ impl Default for Metrics {
                 .map(|_| AtomicU64::new(0))
                 .collect(),
             refused: AtomicU64::new(0),
+            streams: AtomicU64::new(0),
+            streams_dropped: AtomicU64::new(0),
         }
     }
 }
@@ -45,10 +52,31 @@ impl Metrics {
     pub(crate) fn refused(&self) {
         self.refused.fetch_add(1, Ordering::Relaxed);
     }
+
+    /// A change stream opened.
+    pub(crate) fn stream_opened(&self) {
+        self.streams.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A change stream closed (each opened one closes once).
+    pub(crate) fn stream_closed(&self) {
+        self.streams.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// A change stream dropped because its client stopped reading.
+    pub(crate) fn stream_dropped(&self) {
+        self.streams_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn streams_dropped(&self) -> u64 {
+        self.streams_dropped.load(Ordering::Relaxed)
+    }
 }
 
-/// `GET /health`: 200 when every started set serves flags, else 503; per set its state, the
-/// source and age of its flags, and the last error while stale.
+/// `GET /health`: 200 when every started set serves flags, else 503; per set its state
+/// (`starting`, `fresh`, `stale`), the source and age of its flags, and while stale the last
+/// error, how long the failures have lasted and when the next attempt is due.
 pub(super) fn health(state: &State) -> Response<Body> {
     let now = std::time::Instant::now();
     let mut sets = serde_json::Map::new();
@@ -64,11 +92,15 @@ pub(super) fn health(state: &State) -> Response<Body> {
             "age_s": age_s(snapshot.cache_timestamp()),
         });
         if let Status::Stale {
-            since, last_error, ..
+            since,
+            last_error,
+            next_retry,
         } = &status
         {
             entry["last_error"] = Value::from(last_error.to_string());
             entry["stale_for_s"] = Value::from(now.saturating_duration_since(*since).as_secs());
+            entry["next_retry_in_s"] =
+                Value::from(next_retry.map(|at| at.saturating_duration_since(now).as_secs()));
         }
         sets.insert(set.params.name(), entry);
     }
@@ -112,30 +144,85 @@ pub(super) fn metrics(state: &State) -> Response<Body> {
             }
         }
     }
-    out.push_str("# HELP flagpole_relay_connections_refused_total Connections closed at the connection limit.\n");
-    out.push_str("# TYPE flagpole_relay_connections_refused_total counter\n");
-    let _ = writeln!(
-        out,
-        "flagpole_relay_connections_refused_total {}",
-        m.refused.load(Ordering::Relaxed)
+    sample(
+        &mut out,
+        "connections_refused_total",
+        "counter",
+        "Connections closed at the connection limit.",
+        m.refused.load(Ordering::Relaxed),
     );
-    out.push_str(
-        "# HELP flagpole_relay_flags_age_seconds Age of the newest flags, by parameter set.\n",
+    sample(
+        &mut out,
+        "sse_clients",
+        "gauge",
+        "Open change streams.",
+        m.streams.load(Ordering::Relaxed),
     );
-    out.push_str("# TYPE flagpole_relay_flags_age_seconds gauge\n");
-    for set in state.sets.started() {
-        if let Some(age) = age_s(set.flags.snapshot().cache_timestamp()) {
-            let _ = writeln!(
-                out,
-                "flagpole_relay_flags_age_seconds{{set=\"{}\"}} {age}",
-                set.params.name()
-            );
-        }
-    }
+    sample(
+        &mut out,
+        "sse_dropped_total",
+        "counter",
+        "Change streams closed because the client stopped reading.",
+        m.streams_dropped.load(Ordering::Relaxed),
+    );
+    per_set(
+        &mut out,
+        state,
+        "upstream_fetches_total",
+        "counter",
+        "Requests sent upstream, by parameter set.",
+        |set| Some(set.upstream.fetches()),
+    );
+    per_set(
+        &mut out,
+        state,
+        "upstream_failures_total",
+        "counter",
+        "Upstream requests that brought no flags (connection error, timeout, error status, \
+         unparsable body), by parameter set.",
+        |set| Some(set.upstream.failures()),
+    );
+    per_set(
+        &mut out,
+        state,
+        "flags_age_seconds",
+        "gauge",
+        "Age of the newest flags, by parameter set (none before the first).",
+        |set| age_s(set.flags.snapshot().cache_timestamp()),
+    );
     let mut response = Response::new(route::full(out));
     response.headers_mut().insert(
         CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     response
+}
+
+/// One unlabelled sample with its `HELP` and `TYPE` lines.
+fn sample(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
+    let _ = writeln!(out, "# HELP flagpole_relay_{name} {help}");
+    let _ = writeln!(out, "# TYPE flagpole_relay_{name} {kind}");
+    let _ = writeln!(out, "flagpole_relay_{name} {value}");
+}
+
+/// One sample per started parameter set, labelled `set`, with its `HELP` and `TYPE` lines.
+fn per_set(
+    out: &mut String,
+    state: &State,
+    name: &str,
+    kind: &str,
+    help: &str,
+    value: impl Fn(&Set) -> Option<u64>,
+) {
+    let _ = writeln!(out, "# HELP flagpole_relay_{name} {help}");
+    let _ = writeln!(out, "# TYPE flagpole_relay_{name} {kind}");
+    for set in state.sets.started() {
+        if let Some(v) = value(set) {
+            let _ = writeln!(
+                out,
+                "flagpole_relay_{name}{{set=\"{}\"}} {v}",
+                set.params.name()
+            );
+        }
+    }
 }

@@ -16,6 +16,12 @@ use super::{api, ofrep, ops, stream, State};
 /// A response body: bytes in one piece, or a stream (the change stream).
 pub(crate) type Body = Either<Full<Bytes>, BoxBody<Bytes, Infallible>>;
 
+/// Closes the connection a request came on at once, with no graceful end: put in every
+/// request's extensions by the server, used by the change stream to drop a client that stopped
+/// reading.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Disconnect(pub(crate) tokio_util::sync::CancellationToken);
+
 /// The relay's routes, for dispatch and for the request metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Route {

@@ -5,6 +5,8 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::Request;
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -12,7 +14,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
-use super::{route, State};
+use super::route::{self, Disconnect};
+use super::State;
 
 pub(super) async fn serve(listener: TcpListener, state: Arc<State>) {
     let permits = Arc::new(Semaphore::new(state.limits.max_connections));
@@ -59,8 +62,11 @@ async fn connection(stream: TcpStream, state: Arc<State>, _permit: OwnedSemaphor
     let _ = stream.set_nodelay(true);
     let token = state.token.clone();
     let header_timeout = state.limits.header_read_timeout;
-    let service = service_fn(move |request| {
+    let disconnect = Disconnect::default();
+    let for_requests = disconnect.clone();
+    let service = service_fn(move |mut request: Request<Incoming>| {
         let state = Arc::clone(&state);
+        request.extensions_mut().insert(for_requests.clone());
         async move { Ok::<_, Infallible>(route::handle(request, &state).await) }
     });
     let conn = http1::Builder::new()
@@ -68,11 +74,19 @@ async fn connection(stream: TcpStream, state: Arc<State>, _permit: OwnedSemaphor
         .header_read_timeout(header_timeout)
         .serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
+    // A disconnect drops the connection unfinished, which closes the socket: hyper is stuck
+    // writing to a client that reads nothing, so no graceful end would ever complete.
+    let dropped = disconnect.0.cancelled();
+    tokio::pin!(dropped);
     tokio::select! {
         _ = conn.as_mut() => {}
+        () = dropped.as_mut() => {}
         () = token.cancelled() => {
             conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+            tokio::select! {
+                _ = conn => {}
+                () = dropped => {}
+            }
         }
     }
 }

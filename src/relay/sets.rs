@@ -7,12 +7,14 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 
+use super::upstream::{Counters, Counting};
 use super::view::View;
 use crate::builder::FlagsBuilder;
 use crate::client::Flags;
 use crate::config::{Client, Distribution, Environment};
 use crate::error::Error;
 use crate::store::FileStore;
+use crate::transport::Transport;
 
 /// The parameters of one upstream request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +47,8 @@ impl Params {
 pub(crate) struct Set {
     pub(crate) params: Params,
     pub(crate) flags: Flags,
+    /// Its upstream fetches and failures.
+    pub(crate) upstream: Arc<Counters>,
     view: ArcSwapOption<View>,
 }
 
@@ -70,26 +74,31 @@ pub(crate) struct Sets {
     slots: Vec<OnceLock<Arc<Set>>>,
     starting: Mutex<()>,
     template: FlagsBuilder,
+    /// The template's transport, which every set's counting transport wraps.
+    transport: Arc<dyn Transport>,
     cache_dir: Option<PathBuf>,
     pub(crate) interval: Duration,
     pub(crate) defaults: Params,
 }
 
 impl Sets {
+    /// # Errors
+    /// [`Error::Config`] when the template's HTTP client cannot be built.
     pub(crate) fn new(
         template: FlagsBuilder,
         cache_dir: Option<PathBuf>,
         interval: Duration,
         defaults: Params,
-    ) -> Self {
-        Sets {
+    ) -> Result<Self, Error> {
+        Ok(Sets {
             slots: (0..Params::count()).map(|_| OnceLock::new()).collect(),
             starting: Mutex::new(()),
+            transport: template.transport_or_default()?,
             template,
             cache_dir,
             interval,
             defaults,
-        }
+        })
     }
 
     /// The set's handle, started on first use (with its cache file, when the relay has a cache
@@ -103,18 +112,24 @@ impl Sets {
         if let Some(set) = slot.get() {
             return Ok(Arc::clone(set));
         }
+        let upstream = Arc::new(Counters::default());
         let mut builder = self
             .template
             .clone()
             .client(params.client)
             .distribution(params.distribution)
-            .environment(params.environment);
+            .environment(params.environment)
+            .transport(Counting::new(
+                Arc::clone(&self.transport),
+                Arc::clone(&upstream),
+            ));
         if let Some(dir) = &self.cache_dir {
             builder = builder.store(FileStore::new(dir.join(format!("{}.json", params.name()))));
         }
         let set = Arc::new(Set {
             params,
             flags: builder.build()?,
+            upstream,
             view: ArcSwapOption::empty(),
         });
         let _ = slot.set(Arc::clone(&set));
