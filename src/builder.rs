@@ -13,8 +13,8 @@ use crate::client::Flags;
 use crate::clock::WallClock;
 use crate::config::{non_empty, Client, Distribution, Environment, HeaderHook, Settings};
 use crate::error::Error;
-use crate::runtime::Runtime;
 use crate::fleet::Fleet;
+use crate::runtime::Runtime;
 use crate::store::Store;
 use crate::transport::{HttpTransport, Transport};
 

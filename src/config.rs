@@ -235,7 +235,9 @@ impl Config {
             self.client,
             self.distribution,
             self.environment,
-            self.profile_id.as_deref().map_or_else(|| "-".to_owned(), hash_id),
+            self.profile_id
+                .as_deref()
+                .map_or_else(|| "-".to_owned(), hash_id),
         )
     }
 

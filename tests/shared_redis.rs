@@ -33,9 +33,14 @@ fn handle(api: &MockServer, redis: &RedisServer, interval: Duration) -> Flags {
 async fn five_handles_start_with_one_request() {
     let redis = RedisServer::start();
     let api = api(json!([{"a": 1}])).await;
-    let handles: Vec<Flags> = (0..5).map(|_| handle(&api, &redis, Duration::from_secs(60))).collect();
+    let handles: Vec<Flags> = (0..5)
+        .map(|_| handle(&api, &redis, Duration::from_secs(60)))
+        .collect();
     for h in &handles {
-        tokio::time::timeout(Duration::from_secs(10), h.ready()).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(10), h.ready())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(h.get_i64("a"), Some(1));
     }
     let sources: Vec<Source> = handles.iter().map(|h| h.snapshot().source()).collect();

@@ -97,7 +97,10 @@ impl Poller {
             .as_ref()
             .is_none_or(|r| r.cache_timestamp < record.cache_timestamp);
         if newer {
-            tracing::debug!(flags = record.flags.len(), "adopted flags from the shared store");
+            tracing::debug!(
+                flags = record.flags.len(),
+                "adopted flags from the shared store"
+            );
             self.remote = Some(self.remote_state(
                 record.flags.clone(),
                 Source::Shared,
@@ -107,7 +110,8 @@ impl Poller {
         }
         let basis = self.remote.as_ref().map_or(0, |r| r.cache_timestamp);
         let (interval, jitter) = (self.config.fetch_interval, self.config.schedule_jitter);
-        let delay = schedule::regular(interval, jitter, fastrand::f64()).saturating_sub(self.age(basis));
+        let delay =
+            schedule::regular(interval, jitter, fastrand::f64()).saturating_sub(self.age(basis));
         if newer {
             self.settled(delay)
         } else {

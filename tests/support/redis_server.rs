@@ -100,7 +100,8 @@ impl RedisServer {
     /// `SET key value`, asserting the server took it.
     pub fn set(&self, key: &str, value: &[u8]) {
         assert_eq!(
-            self.command_bytes(&[b"SET", key.as_bytes(), value]).as_deref(),
+            self.command_bytes(&[b"SET", key.as_bytes(), value])
+                .as_deref(),
             Some("+OK")
         );
     }

@@ -155,9 +155,9 @@ impl Link {
 
     /// How long to wait before trying Redis again (zero when it is up).
     pub(super) fn retry_in(&self) -> Duration {
-        lock(&self.health)
-            .retry_at
-            .map_or(Duration::ZERO, |at| at.saturating_duration_since(Instant::now()))
+        lock(&self.health).retry_at.map_or(Duration::ZERO, |at| {
+            at.saturating_duration_since(Instant::now())
+        })
     }
 }
 
@@ -169,5 +169,7 @@ pub(super) struct TimedOut(pub(super) Duration);
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // The guarded state is always consistent between statements: a panic elsewhere cannot
     // leave it half-written, so a poisoned lock is still usable.
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

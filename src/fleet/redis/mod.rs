@@ -87,8 +87,7 @@ impl RedisStore {
     /// [`Error::Config`] for a URL that does not parse or has another scheme. The message never
     /// includes the password.
     pub fn new(url: &str) -> Result<Self, Error> {
-        let parsed = url::Url::parse(url)
-            .map_err(|e| Error::config(format!("Redis URL: {e}")))?;
+        let parsed = url::Url::parse(url).map_err(|e| Error::config(format!("Redis URL: {e}")))?;
         if !matches!(parsed.scheme(), "redis" | "rediss") {
             return Err(Error::config(format!(
                 "Redis URL: scheme must be redis or rediss, not `{}`",
@@ -237,10 +236,7 @@ impl Tier {
 
     /// How long the lease has left (none when nobody holds it).
     async fn lease_left(&self) -> Result<Option<Duration>, Error> {
-        let ms: i64 = self
-            .link
-            .query(redis::cmd("PTTL").arg(&self.lease))
-            .await?;
+        let ms: i64 = self.link.query(redis::cmd("PTTL").arg(&self.lease)).await?;
         Ok(u64::try_from(ms).ok().map(Duration::from_millis))
     }
 
@@ -288,5 +284,7 @@ const RELEASE: &str =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
 
 fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX).max(1)
+    u64::try_from(duration.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
 }

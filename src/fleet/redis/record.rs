@@ -29,7 +29,9 @@ pub(super) fn decode(bytes: &[u8], key: &str) -> Option<CacheRecord> {
         Err(error) => {
             match serde_json::from_slice::<Version>(bytes) {
                 Ok(Version { version }) if version != CacheRecord::VERSION => warn_version(version),
-                _ => tracing::warn!(%error, "ignoring a corrupt shared flag record; the next fetch replaces it"),
+                _ => {
+                    tracing::warn!(%error, "ignoring a corrupt shared flag record; the next fetch replaces it")
+                }
             }
             return None;
         }
@@ -93,7 +95,10 @@ mod tests {
     use serde_json::json;
 
     fn flags() -> RawFlags {
-        json!({"a": 1, "b": {"c": [true]}}).as_object().unwrap().clone()
+        json!({"a": 1, "b": {"c": [true]}})
+            .as_object()
+            .unwrap()
+            .clone()
     }
 
     #[test]
