@@ -42,7 +42,18 @@ pub(crate) fn coordinate(
             changes.mark_unchanged();
             match tier.try_lease().await {
                 Err(_) => break,
-                Ok(true) => return lead(&tier, &held, request).await,
+                Ok(true) => {
+                    // A holder may have written its record and released the lease since this
+                    // handle read: it writes before it releases, so a read now sees that record.
+                    if let Ok(Some(record)) = tier.read().await {
+                        if usable(&tier, &record, &held, force, asked) {
+                            tier.release().await;
+                            tracing::debug!("adopting flags another process fetched");
+                            return Outcome::Adopted(Arc::new(record));
+                        }
+                    }
+                    return lead(&tier, &held, request).await;
+                }
                 Ok(false) => {
                     // Another process is fetching: its announcement, or the end of its lease.
                     let left = match tier.lease_left().await {
