@@ -13,8 +13,10 @@ use crate::backoff::Backoff;
 use crate::error::Error;
 use crate::fleet::SharedState;
 
-/// How long Redis may stay silent before it counts as down, and the backoff bounds of the
-/// attempts to reach it again.
+/// The backoff bounds of the attempts to reach Redis again while it is down. The fetch interval
+/// caps them too: every interval spent alone costs the API a request per handle, so a handle
+/// tries Redis again at least once per interval and the fleet shares its fetches again within
+/// about an interval of Redis coming back.
 const RETRY_INITIAL: Duration = Duration::from_secs(1);
 const RETRY_CAP: Duration = Duration::from_secs(60);
 
@@ -36,13 +38,14 @@ struct Health {
 }
 
 impl Link {
-    pub(super) fn new(client: Client, timeout: Duration) -> Self {
+    /// `interval`: the fetch interval, which caps the backoff.
+    pub(super) fn new(client: Client, timeout: Duration, interval: Duration) -> Self {
         Link {
             client,
             timeout,
             conn: Mutex::new(None),
             health: Mutex::new(Health {
-                backoff: Backoff::new(RETRY_INITIAL, RETRY_CAP),
+                backoff: Backoff::new(RETRY_INITIAL, RETRY_CAP.min(interval)),
                 retry_at: None,
                 since: None,
             }),
