@@ -2,6 +2,8 @@
 
 use wiremock::{MockServer, Request};
 
+#[cfg(feature = "redis")]
+pub mod fleet;
 pub mod redis_server;
 
 /// Every request the server got so far, oldest first.

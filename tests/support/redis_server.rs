@@ -97,6 +97,78 @@ impl RedisServer {
         String::from_utf8(reply).ok()
     }
 
+    /// Runs one command and parses the whole reply; `None` when the server cannot be reached.
+    pub fn query(&self, args: &[&[u8]]) -> Option<Resp> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        let mut out = format!("*{}\r\n", args.len()).into_bytes();
+        for arg in args {
+            out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+            out.extend_from_slice(arg);
+            out.extend_from_slice(b"\r\n");
+        }
+        (&stream).write_all(&out).ok()?;
+        Resp::read(&mut std::io::BufReader::new(&stream))
+    }
+
+    /// `GET key`: the value, or `None` when there is none.
+    pub fn get(&self, key: &str) -> Option<Vec<u8>> {
+        match self
+            .query(&[b"GET", key.as_bytes()])
+            .expect("server reachable")
+        {
+            Resp::Bulk(value) => value,
+            other => panic!("GET {key}: {other:?}"),
+        }
+    }
+
+    /// The names of the keys matching `pattern`, sorted.
+    pub fn key_names(&self, pattern: &str) -> Vec<String> {
+        match self
+            .query(&[b"KEYS", pattern.as_bytes()])
+            .expect("server reachable")
+        {
+            Resp::Array(Some(items)) => {
+                let mut names: Vec<String> = items
+                    .into_iter()
+                    .map(|item| match item {
+                        Resp::Bulk(Some(name)) => String::from_utf8(name).unwrap(),
+                        other => panic!("KEYS {pattern}: {other:?}"),
+                    })
+                    .collect();
+                names.sort();
+                names
+            }
+            other => panic!("KEYS {pattern}: {other:?}"),
+        }
+    }
+
+    /// `PUBLISH channel message`: how many subscribers got it.
+    pub fn publish(&self, channel: &str, message: &str) -> i64 {
+        match self
+            .query(&[b"PUBLISH", channel.as_bytes(), message.as_bytes()])
+            .expect("server reachable")
+        {
+            Resp::Int(receivers) => receivers,
+            other => panic!("PUBLISH {channel}: {other:?}"),
+        }
+    }
+
+    /// `PUBSUB NUMSUB channel`: how many clients are subscribed to it.
+    pub fn subscribers(&self, channel: &str) -> i64 {
+        match self
+            .query(&[b"PUBSUB", b"NUMSUB", channel.as_bytes()])
+            .expect("server reachable")
+        {
+            Resp::Array(Some(items)) => match items.get(1) {
+                Some(Resp::Int(count)) => *count,
+                other => panic!("PUBSUB NUMSUB {channel}: {other:?}"),
+            },
+            other => panic!("PUBSUB NUMSUB {channel}: {other:?}"),
+        }
+    }
+
     /// `SET key value`, asserting the server took it.
     pub fn set(&self, key: &str, value: &[u8]) {
         assert_eq!(
@@ -110,6 +182,55 @@ impl RedisServer {
     pub fn keys(&self, pattern: &str) -> usize {
         let reply = self.command(&["KEYS", pattern]).expect("server reachable");
         reply.trim_start_matches('*').parse().unwrap()
+    }
+}
+
+/// A parsed reply (RESP2).
+#[derive(Debug, PartialEq)]
+pub enum Resp {
+    Simple(String),
+    Error(String),
+    Int(i64),
+    Bulk(Option<Vec<u8>>),
+    Array(Option<Vec<Resp>>),
+}
+
+impl Resp {
+    fn read(reader: &mut impl std::io::BufRead) -> Option<Resp> {
+        let mut line = Vec::new();
+        reader.read_until(b'\n', &mut line).ok()?;
+        if !line.ends_with(b"\r\n") {
+            return None;
+        }
+        line.truncate(line.len() - 2);
+        let (kind, rest) = line.split_first()?;
+        let rest = String::from_utf8(rest.to_vec()).ok()?;
+        match kind {
+            b'+' => Some(Resp::Simple(rest)),
+            b'-' => Some(Resp::Error(rest)),
+            b':' => rest.parse().ok().map(Resp::Int),
+            b'$' => {
+                let len: i64 = rest.parse().ok()?;
+                if len < 0 {
+                    return Some(Resp::Bulk(None));
+                }
+                let mut value = vec![0u8; usize::try_from(len).ok()? + 2];
+                reader.read_exact(&mut value).ok()?;
+                value.truncate(value.len() - 2);
+                Some(Resp::Bulk(Some(value)))
+            }
+            b'*' => {
+                let len: i64 = rest.parse().ok()?;
+                if len < 0 {
+                    return Some(Resp::Array(None));
+                }
+                let items = (0..len)
+                    .map(|_| Resp::read(reader))
+                    .collect::<Option<Vec<_>>>()?;
+                Some(Resp::Array(Some(items)))
+            }
+            _ => None,
+        }
     }
 }
 
