@@ -36,7 +36,8 @@ async fn wait_health(client: &reqwest::Client, base: &str, state: &str) -> (u16,
 async fn health_goes_starting_fresh_stale_and_an_outage_keeps_the_last_good_flags() {
     let body = json!([{"a": true}, {"b": [1, 2]}]);
     let (up, server) = Upstream::start(body.clone()).await;
-    up.set_delay(Duration::from_millis(400));
+    // Longer than the second a request waits for a starting set's first flags.
+    up.set_delay(Duration::from_millis(1500));
     let relay = bind(builder(&server)).await;
     let base = format!("http://{}", relay.local_addr());
     let url = format!("{base}/v1/flags");
@@ -45,7 +46,7 @@ async fn health_goes_starting_fresh_stale_and_an_outage_keeps_the_last_good_flag
     // Nothing started yet: healthy, no sets.
     let (status, idle) = health(&client, &base).await;
     assert_eq!((status, idle["sets"].clone()), (200, json!({})));
-    // The first request starts the set; its first fetch takes 400 ms.
+    // The first request starts the set and waits a second; its first fetch takes 1.5 s.
     let cold = client.get(&url).send().await.unwrap();
     assert_eq!(cold.status(), 503);
     assert_eq!(cold.headers()["retry-after"], "1");

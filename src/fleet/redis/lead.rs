@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use super::Tier;
 use crate::fetch::Outcome;
 use crate::fleet::Held;
@@ -13,6 +15,9 @@ use crate::transport::BoxFuture;
 /// holder that dies costs one lease, and a fleet never waits forever on a lease that keeps
 /// changing hands without a record.
 const ROUNDS: usize = 3;
+
+/// How often a handle waiting on another's fetch looks at the lease.
+const WAIT_SLICE: Duration = Duration::from_secs(1);
 
 /// The fetch of a due handle, through the fleet. `request` is the handle's own fetch; it is sent
 /// only when this handle takes the lease and the record is still not usable, or when Redis fails
@@ -27,12 +32,12 @@ pub(crate) fn coordinate(
     Box::pin(async move {
         let asked = tier.now_ms();
         let mut changes = tier.latest();
-        for _ in 0..ROUNDS {
+        'rounds: for _ in 0..ROUNDS {
             if tier.link.in_backoff().is_some() {
-                break;
+                break 'rounds;
             }
             match tier.read().await {
-                Err(_) => break,
+                Err(_) => break 'rounds,
                 Ok(Some(record)) if usable(&tier, &record, &held, force, asked) => {
                     tracing::debug!("adopting flags another process fetched");
                     return Outcome::Adopted(Arc::new(record));
@@ -41,7 +46,7 @@ pub(crate) fn coordinate(
             }
             changes.mark_unchanged();
             match tier.try_lease().await {
-                Err(_) => break,
+                Err(_) => break 'rounds,
                 Ok(true) => {
                     // The holder before may have written its record and given the lease back
                     // between this handle's read and its lease: read again before fetching.
@@ -56,13 +61,22 @@ pub(crate) fn coordinate(
                     }
                 }
                 Ok(false) => {
-                    // Another process is fetching: its announcement, or the end of its lease.
-                    let left = match tier.lease_left().await {
-                        Ok(left) => left.unwrap_or(Duration::ZERO),
-                        Err(_) => break,
-                    };
-                    let wait = left.min(tier.lease_for) + Duration::from_millis(10);
-                    let _ = tokio::time::timeout(wait, changes.changed()).await;
+                    // Another process is fetching: wait for its announcement, looking at the
+                    // lease every second in case it gave up (a failed fetch gives the lease
+                    // back) or died (the lease expires).
+                    let deadline = Instant::now() + tier.lease_for;
+                    loop {
+                        let slice = match tier.lease_left().await {
+                            Ok(Some(left)) => left.min(WAIT_SLICE),
+                            Ok(None) => break,
+                            Err(_) => break 'rounds,
+                        };
+                        let slice = slice + Duration::from_millis(10);
+                        let announced = tokio::time::timeout(slice, changes.changed()).await;
+                        if announced.is_ok() || Instant::now() >= deadline {
+                            break;
+                        }
+                    }
                 }
             }
         }
@@ -90,7 +104,9 @@ fn usable(
 }
 
 /// Fetches for the fleet: a 200 or a 304 is written and announced, then the lease is given back.
-/// A failure leaves the lease to expire, so the fleet retries at most once per lease.
+/// After a failure the lease is given back at once: the next handle due tries in turn (each
+/// handle still makes at most one request per attempt, as without Redis), and a one-shot
+/// process such as `flagpole get` does not wait out a lease for nothing.
 async fn lead(tier: &Tier, held: &Held, request: BoxFuture<'static, Outcome>) -> Outcome {
     let outcome = request.await;
     // Before the poller takes the outcome, which stamps it a moment later: the handle never
@@ -104,7 +120,8 @@ async fn lead(tier: &Tier, held: &Held, request: BoxFuture<'static, Outcome>) ->
                 tier.write(now, etag, flags).await;
             }
         }
-        Outcome::Failed { .. } | Outcome::Adopted(_) => {}
+        Outcome::Failed { .. } => tier.release().await,
+        Outcome::Adopted(_) => {}
     }
     outcome
 }

@@ -48,7 +48,7 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
 /// that is corrupt, oversized (over 4 MiB), of another format version or for another request, a
 /// handle keeps its last good flags and fetches on its own schedule (logged once, visible in
 /// [`Flags::shared_state`](crate::Flags::shared_state)), tries Redis again with backoff (1 s
-/// doubling to a minute, or to the fetch interval when that is shorter), and rejoins when it
+/// doubling to a minute, or to half the fetch interval when that is shorter), and rejoins when it
 /// answers.
 ///
 /// ```
