@@ -245,6 +245,57 @@ async fn a_lease_holder_stopped_mid_fetch_holds_the_fleet_one_lease_at_most() {
     shutdown(&others).await;
 }
 
+/// A lease holder whose fetch fails gives the lease back at once: a handle waiting on it tries
+/// within about a second (it looks at the lease every second) instead of waiting out the
+/// 6.5 s lease (nor can the holder's own retry take a lease it still holds).
+#[tokio::test]
+async fn a_failed_fetch_gives_the_lease_back() {
+    let request_timeout = Duration::from_secs(4);
+    let lease = request_timeout + 2 * Duration::from_secs(1) + Duration::from_millis(500);
+    let redis = RedisServer::start();
+    let api = Api::start(1).await;
+    // The first request fails after 300 ms; later ones answer.
+    Mock::given(method("GET"))
+        .and(path("/flags"))
+        .respond_with(ResponseTemplate::new(500).set_delay(Duration::from_millis(300)))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&api.server)
+        .await;
+    let handle = |id| {
+        builder(&api, &redis, Duration::from_secs(600), id)
+            .timeout(request_timeout)
+            .build()
+            .unwrap()
+    };
+    let holder = handle(0);
+    until("the holder's request", Duration::from_secs(5), || async {
+        api.requests().await == 1
+    })
+    .await;
+    let started = Instant::now();
+    let waiter = handle(1);
+    until("the waiter's request", lease, || async {
+        api.requests().await >= 2
+    })
+    .await;
+    let waited = started.elapsed();
+    println!("lease {lease:?}: the waiter fetched {waited:?} after the holder's request");
+    assert!(waited < Duration::from_millis(1800), "{waited:?}");
+    until("the waiter's flags", Duration::from_secs(2), || {
+        std::future::ready(serve(std::slice::from_ref(&waiter), 1))
+    })
+    .await;
+    // Whoever took the lease first (the waiter, or the holder retrying after its fast backoff)
+    // fetched for both: one request more, and both serve it.
+    until("the holder's flags", Duration::from_secs(3), || {
+        std::future::ready(serve(std::slice::from_ref(&holder), 1))
+    })
+    .await;
+    assert_eq!(api.requests().await, 2);
+    shutdown(&[holder, waiter]).await;
+}
+
 /// Records written into Redis that must never replace good flags: corrupt, oversized (over
 /// 4 MiB), of another format version, for another request. Each is announced on the channel,
 /// so that every handle reads it: each warns and keeps its flags. The next fetch (a caller's
