@@ -415,6 +415,12 @@ impl FlagsBuilder {
         &mut self.settings
     }
 
+    /// Drops the store, for the relay: each parameter set gets its own file, never a shared one.
+    #[cfg(feature = "relay")]
+    pub(crate) fn clear_store(&mut self) {
+        self.store = None;
+    }
+
     /// The validated configuration, without starting anything (for the unit tests).
     #[cfg(test)]
     pub(crate) fn validate(&self) -> Result<crate::config::Config, Error> {

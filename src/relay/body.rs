@@ -62,7 +62,11 @@ where
     let result = tokio::time::timeout(deadline, read)
         .await
         .unwrap_or(Err(BodyError::Timeout));
-    if let Err(BodyError::TooLarge { .. }) = result {
+    // Reading what is left lets the client see the 413 rather than a reset. Not when it waits
+    // for `100 Continue` (reading would invite the upload) or announced more than the cap.
+    let expects_continue = headers.contains_key(http::header::EXPECT);
+    let small = declared.is_none_or(|length| length <= DRAIN_CAP as u64);
+    if let (Err(BodyError::TooLarge { .. }), false, true) = (&result, expects_continue, small) {
         // Best effort within the same deadline: a bigger or slower body is left to the reset.
         let _ = tokio::time::timeout(deadline, drain(body, DRAIN_CAP)).await;
     }

@@ -125,6 +125,8 @@ impl RelayBuilder {
     /// [`Error::Config`] for bad upstream settings, [`Error::Listen`] when the address cannot
     /// be bound. Call it inside a tokio runtime.
     pub async fn bind(mut self, addr: SocketAddr) -> Result<Relay, Error> {
+        // One store for every set would have them overwrite each other's record.
+        self.upstream.clear_store();
         let settings = self.upstream.settings_mut();
         settings.profile_id = None;
         settings.metrics_id = None;

@@ -74,18 +74,22 @@ impl Metrics {
     }
 }
 
-/// `GET /health`: 200 when every started set serves flags, else 503; per set its state
+/// `GET /health`: 200 while the relay serves flags for some started set (or none has started),
+/// else 503; per set its state
 /// (`starting`, `fresh`, `stale`), the source and age of its flags, and while stale the last
 /// error, how long the failures have lasted and when the next attempt is due.
 pub(super) fn health(state: &State) -> Response<Body> {
     let now = std::time::Instant::now();
     let mut sets = serde_json::Map::new();
-    let mut healthy = true;
+    // Any client can start a set (a combination upstream rejects, say): one set without flags
+    // must not take a relay that serves the others out of service.
+    let (mut started, mut serving_any) = (0, false);
     for set in state.sets.started() {
         let status = set.flags.status();
         let snapshot = set.flags.snapshot();
         let serving = snapshot.cache_timestamp().is_some();
-        healthy &= serving;
+        started += 1;
+        serving_any |= serving;
         let mut entry = json!({
             "state": match status { Status::Initializing => "starting", ref other => other.as_str() },
             "source": snapshot.source().as_str(),
@@ -104,6 +108,7 @@ pub(super) fn health(state: &State) -> Response<Body> {
         }
         sets.insert(set.params.name(), entry);
     }
+    let healthy = started == 0 || serving_any;
     let status = if healthy {
         StatusCode::OK
     } else {

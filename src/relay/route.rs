@@ -3,7 +3,7 @@
 use std::convert::Infallible;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use http::header::{HeaderValue, ALLOW, CACHE_CONTROL, CONTENT_TYPE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{Either, Full};
@@ -96,7 +96,7 @@ const OFREP_ONE: &str = "/ofrep/v1/evaluate/flags/";
 
 pub(super) async fn handle(request: Request<Incoming>, state: &Arc<State>) -> Response<Body> {
     let route = Route::of(request.uri().path());
-    let response = if !route.allows(request.method()) {
+    let mut response = if !route.allows(request.method()) {
         let mut response = error(
             StatusCode::METHOD_NOT_ALLOWED,
             "METHOD_NOT_ALLOWED",
@@ -121,7 +121,15 @@ pub(super) async fn handle(request: Request<Incoming>, state: &Arc<State>) -> Re
             Route::NotFound => error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route"),
         }
     };
-    state.metrics.record(route, response.status());
+    let status = response.status();
+    state.metrics.record(route, status);
+    // An error must not be kept by a cache in front of the relay (RFC 9111 lets a shared cache
+    // store some of them, 404 and 405 among them, without any header).
+    if !status.is_success() && status != StatusCode::NOT_MODIFIED {
+        response
+            .headers_mut()
+            .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
     response
 }
 

@@ -104,7 +104,7 @@ fn usable(
 }
 
 /// Fetches for the fleet: a 200 or a 304 is written and announced, then the lease is given back.
-/// After a failure the lease is given back at once: the next handle due tries in turn (each
+/// Whatever the outcome the lease is given back at once: the next handle due tries in turn (each
 /// handle still makes at most one request per attempt, as without Redis), and a one-shot
 /// process such as `flagpole get` does not wait out a lease for nothing.
 async fn lead(tier: &Tier, held: &Held, request: BoxFuture<'static, Outcome>) -> Outcome {
@@ -112,16 +112,20 @@ async fn lead(tier: &Tier, held: &Held, request: BoxFuture<'static, Outcome>) ->
     // Before the poller takes the outcome, which stamps it a moment later: the handle never
     // mistakes its own announcement for a newer record.
     let now = tier.now_ms();
-    match &outcome {
+    let written = match &outcome {
         Outcome::Fetched { flags, etag } => tier.write(now, etag.as_deref(), flags).await,
-        Outcome::NotModified { etag } => {
-            if let Some(flags) = &held.flags {
+        Outcome::NotModified { etag } => match &held.flags {
+            Some(flags) => {
                 let etag = etag.as_deref().or(held.etag.as_deref());
-                tier.write(now, etag, flags).await;
+                tier.write(now, etag, flags).await
             }
-        }
-        Outcome::Failed { .. } => tier.release().await,
-        Outcome::Adopted(_) => {}
+            None => false,
+        },
+        Outcome::Failed { .. } | Outcome::Adopted(_) => false,
+    };
+    if !written {
+        tracing::debug!("nothing written to the shared store; giving the lease back");
     }
+    tier.release().await;
     outcome
 }

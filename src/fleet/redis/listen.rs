@@ -3,11 +3,17 @@
 
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use futures_util::StreamExt;
+use tokio::time::Instant;
 
 use super::link::TimedOut;
 use super::Tier;
 use crate::error::Error;
+
+/// How often an idle subscription is checked.
+const PING_EVERY: Duration = Duration::from_secs(30);
 
 /// Subscribes, reads the record once (to catch up on what was announced while away), then reads
 /// it again on every announcement. When the subscription breaks it waits out the link's backoff
@@ -27,19 +33,38 @@ async fn follow(tier: &Tier) {
             tokio::time::sleep(wait).await;
         }
         match subscribe(tier).await {
-            Ok(mut pubsub) => {
+            Ok(pubsub) => {
                 tier.link.up();
-                catch_up(tier).await;
-                let mut messages = pubsub.on_message();
-                while messages.next().await.is_some() {
-                    catch_up(tier).await;
-                }
-                drop(messages);
-                tier.link.down(Error::shared(Closed));
+                catch_up(tier, None).await;
+                let error = relay_announcements(tier, pubsub).await;
+                tier.link.down(error);
             }
             Err(error) => {
                 tier.link.down(error);
             }
+        }
+    }
+}
+
+/// Reads the record on each announcement until the subscription breaks. An idle subscription is
+/// pinged: a connection that a NAT or a frozen server dropped without closing would otherwise
+/// wait for messages forever while the process believes it follows the fleet.
+async fn relay_announcements(tier: &Tier, pubsub: redis::aio::PubSub) -> Error {
+    let (mut sink, mut messages) = pubsub.split();
+    let timeout = tier.link.timeout();
+    let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
+    loop {
+        tokio::select! {
+            message = messages.next() => match message {
+                // The payload is the record's timestamp: a record already held is not read again.
+                Some(message) => catch_up(tier, message.get_payload::<u64>().ok()).await,
+                None => return Error::shared(Closed),
+            },
+            _ = ping.tick() => match tokio::time::timeout(timeout, sink.ping::<redis::Value>()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => return Error::shared(error),
+                Err(_) => return Error::shared(TimedOut(timeout)),
+            },
         }
     }
 }
@@ -58,8 +83,12 @@ async fn subscribe(tier: &Tier) -> Result<redis::aio::PubSub, Error> {
     }
 }
 
-/// Reads the record and keeps it if it is newer than the last one kept.
-async fn catch_up(tier: &Tier) {
+/// Reads the record and keeps it if it is not the last one kept. `announced`: the timestamp the
+/// writer announced, when known; the record is not read when it is the one already kept.
+async fn catch_up(tier: &Tier, announced: Option<u64>) {
+    if announced.is_some() && announced == tier.latest_timestamp() {
+        return;
+    }
     if let Ok(Some(record)) = tier.read().await {
         tier.announce(record);
     }

@@ -24,6 +24,12 @@ pub(crate) use lead::coordinate;
 use link::Link;
 pub(crate) use record::MAX_RECORD_BYTES;
 
+/// How far ahead of this host's clock a record may be stamped before it is refused.
+const MAX_AHEAD: Duration = Duration::from_secs(60);
+
+/// The longest [`RedisStore::timeout`]: a lease lasts the request timeout plus twice this.
+const MAX_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// The default [`RedisStore::timeout`].
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -118,10 +124,10 @@ impl RedisStore {
     }
 
     /// How long one Redis command may take (default 1 s) before Redis counts as down and the
-    /// handle fetches on its own. Zero is taken as 1 ms.
+    /// handle fetches on its own. Taken within 1 ms to 60 s.
     #[must_use]
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout.max(Duration::from_millis(1));
+        self.timeout = timeout.clamp(Duration::from_millis(1), MAX_TIMEOUT);
         self
     }
 }
@@ -144,6 +150,8 @@ pub(crate) struct Tier {
     /// The newest usable record announced on the channel (or read when joining).
     latest: watch::Sender<Option<Arc<CacheRecord>>>,
     token: CancellationToken,
+    /// Flags too large to share were reported (once).
+    oversize_warned: std::sync::atomic::AtomicBool,
 }
 
 impl Tier {
@@ -167,6 +175,7 @@ impl Tier {
             clock: config.wall_clock.clone(),
             latest: watch::Sender::new(None),
             token: CancellationToken::new(),
+            oversize_warned: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -203,20 +212,39 @@ impl Tier {
                     .arg(MAX_RECORD_BYTES),
             )
             .await?;
-        Ok(record::decode(&bytes, &self.record_key))
+        let record = record::decode(&bytes, &self.record_key);
+        // Stamped by a host whose clock runs ahead: adopted, it would make every record
+        // written after it look older until the clocks met. Refused; the next fetch replaces it.
+        let ahead = |r: &CacheRecord| {
+            Duration::from_millis(r.cache_timestamp.saturating_sub(self.now_ms()))
+        };
+        Ok(record.filter(|r| {
+            let refused = ahead(r) > MAX_AHEAD;
+            if refused {
+                tracing::warn!(ahead_ms = ahead(r).as_millis() as u64, "ignoring a shared flag record stamped in the future (a clock ahead?); the next fetch replaces it");
+            }
+            !refused
+        }))
     }
 
-    /// Keeps `record` as the latest announced, if it is newer than the one kept.
+    /// Keeps `record` as the latest announced, unless it is the one kept. Any other timestamp
+    /// counts, an earlier one too: a writer whose clock ran ahead must not hide the records
+    /// written after it (the poller decides what it adopts).
     fn announce(&self, record: CacheRecord) {
         self.latest.send_if_modified(|latest| {
-            let newer = latest
+            let other = latest
                 .as_ref()
-                .is_none_or(|held| held.cache_timestamp < record.cache_timestamp);
-            if newer {
+                .is_none_or(|held| held.cache_timestamp != record.cache_timestamp);
+            if other {
                 *latest = Some(Arc::new(record));
             }
-            newer
+            other
         });
+    }
+
+    /// The timestamp of the latest record announced.
+    fn latest_timestamp(&self) -> Option<u64> {
+        self.latest.borrow().as_ref().map(|r| r.cache_timestamp)
     }
 
     /// Takes the lease when nobody holds it.
@@ -241,15 +269,20 @@ impl Tier {
         Ok(u64::try_from(ms).ok().map(Duration::from_millis))
     }
 
-    /// Writes a fetch's record, announces it and gives the lease back.
-    async fn write(&self, cache_timestamp: u64, etag: Option<&str>, flags: &RawFlags) {
+    /// Writes a fetch's record and announces it. False when nothing was written.
+    async fn write(&self, cache_timestamp: u64, etag: Option<&str>, flags: &RawFlags) -> bool {
         let bytes = record::encode(&self.record_key, cache_timestamp, etag, flags);
         if bytes.len() > MAX_RECORD_BYTES {
-            tracing::warn!(
-                limit = MAX_RECORD_BYTES,
-                "flags too large for the shared store; the fleet fetches them one by one"
-            );
-            return;
+            if !self
+                .oversize_warned
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+            {
+                tracing::warn!(
+                    limit = MAX_RECORD_BYTES,
+                    "flags too large for the shared store; the fleet fetches them one by one"
+                );
+            }
+            return false;
         }
         let set = redis::cmd("SET")
             .arg(&self.key)
@@ -258,14 +291,14 @@ impl Tier {
             .arg(millis(self.ttl))
             .to_owned();
         if self.link.query::<()>(&set).await.is_err() {
-            return;
+            return false;
         }
         let publish = redis::cmd("PUBLISH")
             .arg(&self.channel)
             .arg(cache_timestamp)
             .to_owned();
         let _ = self.link.query::<i64>(&publish).await;
-        self.release().await;
+        true
     }
 
     /// Deletes the lease if this handle still holds it (another may hold it after an expiry).
