@@ -296,10 +296,10 @@ async fn a_failed_fetch_gives_the_lease_back() {
     shutdown(&[holder, waiter]).await;
 }
 
-/// Records written into Redis that must never replace good flags: corrupt, oversized (over
-/// 4 MiB), of another format version, for another request. Each is announced on the channel,
-/// so that every handle reads it: each warns and keeps its flags. The next fetch (a caller's
-/// refresh, or a new handle's first fetch) replaces it.
+/// Records written into Redis that must never replace good flags: stamped an hour ahead (a writer's
+/// clock ahead), corrupt, oversized (over 4 MiB), of another format version, for another request.
+/// Each is announced on the channel, so that every handle reads it: each warns and keeps its flags.
+/// The next fetch (a caller's refresh, or a new handle's first fetch) replaces it.
 #[tokio::test]
 async fn bad_records_are_ignored_with_a_warning_and_replaced() {
     const MAX_RECORD_BYTES: usize = 4 << 20;
@@ -333,7 +333,12 @@ async fn bad_records_are_ignored_with_a_warning_and_replaced() {
     other_version["version"] = json!(2);
     let mut other_key = newer.clone();
     other_key["key"] = json!("someone else's request");
-    let cases: [(&str, Vec<u8>, &str); 4] = [
+    let cases: [(&str, Vec<u8>, &str); 5] = [
+        (
+            "stamped in the future",
+            serde_json::to_vec(&newer).unwrap(),
+            "stamped in the future",
+        ),
         (
             "corrupt",
             br#"{"version":1,"key":"#.to_vec(),
