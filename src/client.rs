@@ -66,9 +66,6 @@ pub struct Flags {
 
 struct Inner {
     shared: Arc<Shared>,
-    /// The shared store, in shared mode (for its health).
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    fleet: crate::fleet::Fleet,
     /// None for a handle of [fixed](Flags::fixed) values: there is no poller.
     poller: Option<Link>,
 }
@@ -359,13 +356,6 @@ impl Flags {
     /// ```
     pub fn status(&self) -> Status {
         self.inner.shared.status()
-    }
-
-    /// The health of the shared store in shared mode (feature `redis`); `None` without one.
-    /// While it is [`Down`](crate::SharedState::Down) the handle fetches on its own schedule.
-    #[cfg(feature = "redis")]
-    pub fn shared_state(&self) -> Option<crate::SharedState> {
-        self.inner.fleet.state()
     }
 
     /// A receiver of every status change: `changed().await` wakes on each, `wait_for` waits for

@@ -9,7 +9,9 @@ mod support;
 use std::time::{Duration, Instant};
 
 use flagpole::{Flags, SharedState, Source};
-use support::fleet::{all_serve, fleet, propagation, quantile, serve, until, watch, Api};
+use support::fleet::{
+    all_serve, fleet, fleet_with_stores, propagation, quantile, serve, until, watch, Api,
+};
 use support::redis_server::RedisServer;
 
 const FLEET: usize = 20;
@@ -71,7 +73,7 @@ async fn twenty_handles_share_one_request_per_interval_and_serve_every_change() 
     let interval = Duration::from_secs(1);
     let redis = RedisServer::start();
     let api = Api::start(0).await;
-    let handles = fleet(&api, &redis, interval, FLEET);
+    let (handles, stores) = fleet_with_stores(&api, &redis, interval, FLEET);
     let logs: Vec<_> = handles.iter().map(watch).collect();
     until(
         "every handle to serve the first fetch",
@@ -116,8 +118,8 @@ async fn twenty_handles_share_one_request_per_interval_and_serve_every_change() 
     let sources: Vec<Source> = handles.iter().map(|h| h.snapshot().source()).collect();
     let shared = sources.iter().filter(|s| **s == Source::Shared).count();
     assert!(shared >= FLEET - 2, "{sources:?}");
-    for h in &handles {
-        assert!(matches!(h.shared_state(), Some(SharedState::Joined)));
+    for (h, store) in handles.iter().zip(&stores) {
+        assert!(matches!(store.state(), SharedState::Joined));
         assert!(h.status().is_fresh(), "{:?}", h.status());
     }
     let delays = propagation(&logs, 1..=CHANGES);

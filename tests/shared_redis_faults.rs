@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use flagpole::{Error, Flags, RedisStore, SharedState, Source};
 use serde_json::{json, Value};
-use support::fleet::{builder, fleet, now_ms, serve, until, Api};
+use support::fleet::{builder, builder_with_store, fleet_with_stores, now_ms, serve, until, Api};
 use support::redis_server::RedisServer;
 use support::Captured;
 use wiremock::matchers::{method, path};
@@ -26,12 +26,12 @@ fn all(handles: &[Flags], pred: impl Fn(&Flags) -> bool) -> bool {
     handles.iter().all(pred)
 }
 
-fn is_down(h: &Flags) -> bool {
-    matches!(h.shared_state(), Some(SharedState::Down { .. }))
+fn is_down(store: &RedisStore) -> bool {
+    matches!(store.state(), SharedState::Down { .. })
 }
 
-fn is_joined(h: &Flags) -> bool {
-    matches!(h.shared_state(), Some(SharedState::Joined))
+fn is_joined(store: &RedisStore) -> bool {
+    matches!(store.state(), SharedState::Joined)
 }
 
 /// The requests the API gets while `window` passes (a measurement, not a wait for a condition).
@@ -51,9 +51,9 @@ async fn redis_killed_mid_run_then_restarted() {
     let interval = Duration::from_secs(2);
     let mut redis = RedisServer::start();
     let api = Api::start(0).await;
-    let handles = fleet(&api, &redis, interval, HANDLES);
+    let (handles, stores) = fleet_with_stores(&api, &redis, interval, HANDLES);
     until("every handle to serve the first fetch", interval, || {
-        std::future::ready(serve(&handles, 0) && all(&handles, is_joined))
+        std::future::ready(serve(&handles, 0) && stores.iter().all(is_joined))
     })
     .await;
     let joined = requests_during(&api, 2 * interval).await;
@@ -67,16 +67,16 @@ async fn redis_killed_mid_run_then_restarted() {
     redis.kill();
     let killed = Instant::now();
     until("every handle to see Redis down", interval, || {
-        std::future::ready(all(&handles, is_down))
+        std::future::ready(stores.iter().all(is_down))
     })
     .await;
     println!("down: every handle saw it in {:?}", killed.elapsed());
-    for h in &handles {
-        let Some(SharedState::Down {
+    for store in &stores {
+        let SharedState::Down {
             last_error,
             next_retry,
             ..
-        }) = h.shared_state()
+        } = store.state()
         else {
             unreachable!()
         };
@@ -104,8 +104,8 @@ async fn redis_killed_mid_run_then_restarted() {
         (HANDLES * 3 / 2..=HANDLES * 3).contains(&alone),
         "{alone} requests in 2 intervals for {HANDLES} handles alone"
     );
-    for (i, h) in handles.iter().enumerate() {
-        assert!(is_down(h), "handle {i}: {:?}", h.shared_state());
+    for (i, (h, store)) in handles.iter().zip(&stores).enumerate() {
+        assert!(is_down(store), "handle {i}: {:?}", store.state());
         assert!(h.status().is_fresh(), "handle {i}: {:?}", h.status());
         assert_eq!(h.get_i64("n"), Some(1), "handle {i}");
     }
@@ -113,7 +113,7 @@ async fn redis_killed_mid_run_then_restarted() {
     redis.restart();
     let restarted = Instant::now();
     until("every handle to rejoin", 2 * interval, || {
-        std::future::ready(all(&handles, is_joined))
+        std::future::ready(stores.iter().all(is_joined))
     })
     .await;
     println!(
@@ -307,7 +307,7 @@ async fn bad_records_are_ignored_with_a_warning_and_replaced() {
     let _guard = logs.install();
     let redis = RedisServer::start();
     let api = Api::start(1).await;
-    let mut handles = fleet(&api, &redis, Duration::from_secs(600), 3);
+    let (mut handles, mut stores) = fleet_with_stores(&api, &redis, Duration::from_secs(600), 3);
     until(
         "every handle to serve the first fetch",
         Duration::from_secs(5),
@@ -383,11 +383,11 @@ async fn bad_records_are_ignored_with_a_warning_and_replaced() {
             || std::future::ready(logs.count("WARN", warning) >= before + handles.len()),
         )
         .await;
-        for (h, held) in handles.iter().zip(&held) {
+        for ((h, held), store) in handles.iter().zip(&held).zip(&stores) {
             assert_eq!(h.get_i64("n"), Some(version), "{case}");
             assert_eq!(h.snapshot().cache_timestamp(), *held, "{case}");
             assert!(h.status().is_fresh(), "{case}: {:?}", h.status());
-            assert!(matches!(h.shared_state(), Some(SharedState::Joined)));
+            assert!(matches!(store.state(), SharedState::Joined));
         }
 
         // The next fetch replaces it: a caller's refresh, or a new handle's first fetch (which
@@ -399,11 +399,10 @@ async fn bad_records_are_ignored_with_a_warning_and_replaced() {
             let snapshot = handles[i % handles.len()].refresh().await.unwrap();
             assert_eq!(snapshot.get_i64("n"), Some(version), "{case}");
         } else {
-            handles.push(
-                builder(&api, &redis, Duration::from_secs(600), i + 10)
-                    .build()
-                    .unwrap(),
-            );
+            let (builder, store) =
+                builder_with_store(&api, &redis, Duration::from_secs(600), i + 10);
+            handles.push(builder.build().unwrap());
+            stores.push(store);
         }
         until(
             &format!("every handle to serve the fetch after the {case} record"),

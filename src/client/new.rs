@@ -42,7 +42,7 @@ impl Flags {
             transport,
             store,
             Arc::clone(&shared),
-            fleet.clone(),
+            fleet,
             receiver,
             token.clone(),
         );
@@ -50,7 +50,6 @@ impl Flags {
         Flags {
             inner: Arc::new(Inner {
                 shared,
-                fleet,
                 poller: Some(Link {
                     commands,
                     _guard: token.clone().drop_guard(),
@@ -84,7 +83,6 @@ impl Flags {
         Flags {
             inner: Arc::new(Inner {
                 shared: Arc::new(Shared::new(layers, Status::Disabled)),
-                fleet: Fleet::default(),
                 poller: None,
             }),
         }

@@ -13,7 +13,7 @@ use crate::store::CacheRecord;
 use crate::transport::BoxFuture;
 
 /// How a handle's shared store is doing, from
-/// [`Flags::shared_state`](crate::Flags::shared_state).
+/// [`RedisStore::state`](crate::RedisStore::state).
 #[cfg(feature = "redis")]
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -82,12 +82,6 @@ impl Fleet {
         return self.tier.is_some();
         #[cfg(not(feature = "redis"))]
         false
-    }
-
-    /// The shared store's health; `None` without one.
-    #[cfg(feature = "redis")]
-    pub(crate) fn state(&self) -> Option<SharedState> {
-        self.tier.as_ref().map(|tier| tier.state())
     }
 
     /// Starts following the fleet's announcements (on the current runtime).

@@ -89,19 +89,44 @@ impl Api {
 /// A handle in shared mode on `redis` (its own `RedisStore`: its own connections), fetching
 /// from `api` every `interval`, sending `x-handle: {id}`.
 pub fn builder(api: &Api, redis: &RedisServer, interval: Duration, id: usize) -> FlagsBuilder {
-    Flags::builder()
+    builder_with_store(api, redis, interval, id).0
+}
+
+/// [`builder`] and a clone of its store, whose `state()` tells how Redis is doing for it.
+pub fn builder_with_store(
+    api: &Api,
+    redis: &RedisServer,
+    interval: Duration,
+    id: usize,
+) -> (FlagsBuilder, RedisStore) {
+    let store = RedisStore::new(&redis.url()).unwrap();
+    let builder = Flags::builder()
         .transport(api.transport.clone())
         .base_url(api.uri())
         .fetch_interval(interval)
         .header("x-handle", id.to_string())
-        .shared_store(RedisStore::new(&redis.url()).unwrap())
+        .shared_store(store.clone());
+    (builder, store)
 }
 
 /// `size` handles of [`builder`], numbered from 0.
 pub fn fleet(api: &Api, redis: &RedisServer, interval: Duration, size: usize) -> Vec<Flags> {
+    fleet_with_stores(api, redis, interval, size).0
+}
+
+/// [`fleet`] and each handle's store, in the same order.
+pub fn fleet_with_stores(
+    api: &Api,
+    redis: &RedisServer,
+    interval: Duration,
+    size: usize,
+) -> (Vec<Flags>, Vec<RedisStore>) {
     (0..size)
-        .map(|id| builder(api, redis, interval, id).build().unwrap())
-        .collect()
+        .map(|id| {
+            let (builder, store) = builder_with_store(api, redis, interval, id);
+            (builder.build().unwrap(), store)
+        })
+        .unzip()
 }
 
 /// Milliseconds since the Unix epoch, as `cache_timestamp` counts them.

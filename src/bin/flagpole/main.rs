@@ -99,20 +99,19 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     // `get` is one attempt: the poller fetches at start only when the cache is not fresh, and
     // neither retries nor schedules anything after that.
     let one_shot = matches!(cli.command, Command::Get { .. });
-    let flags = builder(&cli.common)?
-        .polling(!one_shot)
-        .build()
-        .map_err(failure)?;
+    let (builder, store) = builder(&cli.common)?;
+    let store = store.as_ref();
+    let flags = builder.polling(!one_shot).build().map_err(failure)?;
     let written = match cli.command {
         Command::Relay(_) => Ok(()),
         Command::Get { refresh } => {
-            let written = get(&flags, refresh).await;
+            let written = get(&flags, store, refresh).await;
             // Saves run beside the poller: let the last one reach the cache before exiting,
             // bounded like a request (its failure is already a warning on stderr).
             let _ = tokio::time::timeout(cli.common.timeout, flags.flush()).await;
             written
         }
-        Command::Watch => watch(&flags).await,
+        Command::Watch => watch(&flags, store).await,
     };
     flags.shutdown().await;
     written.map_err(|e| Failure::Other(format!("cannot write to stdout: {e}")))
@@ -147,6 +146,11 @@ fn option_for(reason: &str) -> Option<&'static str> {
 /// What the request and the polling need: the options `get`, `watch` and `relay` share (the
 /// relay adds its own cache files, per parameter set).
 fn upstream(common: &Common) -> Result<FlagsBuilder, Failure> {
+    Ok(upstream_with_store(common)?.0)
+}
+
+/// [`upstream`] and the shared store it uses, if any (kept to report its state).
+fn upstream_with_store(common: &Common) -> Result<(FlagsBuilder, Option<RedisStore>), Failure> {
     let mut builder = Flags::builder()
         .base_url(&common.base_url)
         .client(common.client)
@@ -162,14 +166,16 @@ fn upstream(common: &Common) -> Result<FlagsBuilder, Failure> {
         let store = RedisStore::new(url)
             .map_err(|e| Failure::Usage(format!("--redis-url: {e}")))?
             .prefix(&common.redis_prefix);
-        builder = builder.shared_store(store);
+        builder = builder.shared_store(store.clone());
+        return Ok((builder, Some(store)));
     }
-    Ok(builder)
+    Ok((builder, None))
 }
 
 /// `upstream` plus the personal and local options and the cache file of `get` and `watch`.
-fn builder(common: &Common) -> Result<FlagsBuilder, Failure> {
-    let mut builder = upstream(common)?.enabled(!common.disabled);
+fn builder(common: &Common) -> Result<(FlagsBuilder, Option<RedisStore>), Failure> {
+    let (builder, store) = upstream_with_store(common)?;
+    let mut builder = builder.enabled(!common.disabled);
     if let Some(id) = &common.profile_id {
         builder = builder.profile_id(id);
     }
@@ -193,7 +199,7 @@ fn builder(common: &Common) -> Result<FlagsBuilder, Failure> {
             None => tracing::warn!("no platform cache directory; running without a cache file"),
         }
     }
-    Ok(builder)
+    Ok((builder, store))
 }
 
 fn read_defaults(path: &PathBuf) -> Result<serde_json::Map<String, Value>, Failure> {
@@ -224,11 +230,11 @@ fn cache_path(common: &Common) -> Option<PathBuf> {
 }
 
 /// The shared store's state, as printed; `None` without --redis-url.
-fn shared(flags: &Flags) -> Shared {
-    flags.shared_state().map(|state| state.as_str())
+fn shared(store: Option<&RedisStore>) -> Shared {
+    store.map(|store| store.state().as_str())
 }
 
-async fn get(flags: &Flags, refresh: bool) -> std::io::Result<()> {
+async fn get(flags: &Flags, store: Option<&RedisStore>, refresh: bool) -> std::io::Result<()> {
     // The poller's first outcome: a fresh cache (no request), in shared mode a fresh record
     // another process fetched (no request either), or the one fetch it makes at start.
     let mut status = flags.status_receiver();
@@ -243,21 +249,17 @@ async fn get(flags: &Flags, refresh: bool) -> std::io::Result<()> {
     } else {
         first.last_error().map(ToString::to_string)
     };
-    output::emit(&Get::new(&flags.snapshot(), error, shared(flags)))
+    output::emit(&Get::new(&flags.snapshot(), error, shared(store)))
 }
 
-/// How often `watch` looks at the shared store's state, which has no change notification.
-const SHARED_CHECK: Duration = Duration::from_millis(200);
-
-async fn watch(flags: &Flags) -> std::io::Result<()> {
+async fn watch(flags: &Flags, store: Option<&RedisStore>) -> std::io::Result<()> {
     let mut snapshots = flags.subscribe();
     let mut status = flags.status_receiver();
     output::emit(&Event::snapshot(&snapshots.borrow_and_update()))?;
     // The shared state printed last: a change of it alone prints the status again.
-    let mut shared_shown = shared(flags);
+    let mut shared_states = store.map(RedisStore::state_receiver);
+    let mut shared_shown = shared(store);
     output::emit(&Event::status(&status.borrow_and_update(), shared_shown))?;
-    let mut shared_check = tokio::time::interval(SHARED_CHECK);
-    shared_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut commands = stdin_lines();
     let mut refreshes: JoinSet<Result<_, flagpole::Error>> = JoinSet::new();
     let mut stop = stop_signal()?;
@@ -274,15 +276,15 @@ async fn watch(flags: &Flags) -> std::io::Result<()> {
                 if changed.is_err() { break }
                 let now = status.borrow_and_update().clone();
                 if now.is_stopped() { break }
-                shared_shown = shared(flags);
+                shared_shown = shared(store);
                 output::emit(&Event::status(&now, shared_shown))?;
             }
-            _ = shared_check.tick(), if shared_shown.is_some() => {
-                if shared(flags) != shared_shown {
+            Ok(()) = changed(&mut shared_states) => {
+                if shared(store) != shared_shown {
                     // The status as it is now, marked seen: one line for both changes.
                     let now = status.borrow_and_update().clone();
                     if now.is_stopped() { break }
-                    shared_shown = shared(flags);
+                    shared_shown = shared(store);
                     output::emit(&Event::status(&now, shared_shown))?;
                 }
             }
@@ -306,7 +308,17 @@ async fn watch(flags: &Flags) -> std::io::Result<()> {
         }
     }
     flags.shutdown().await;
-    output::emit(&Event::status(&Status::Stopped, shared(flags)))
+    output::emit(&Event::status(&Status::Stopped, shared(store)))
+}
+
+/// The next change of the shared store's state; never without a shared store.
+async fn changed<T>(
+    receiver: &mut Option<tokio::sync::watch::Receiver<T>>,
+) -> Result<(), tokio::sync::watch::error::RecvError> {
+    match receiver {
+        Some(receiver) => receiver.changed().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Lines of stdin from a plain thread: tokio's stdin would hold the runtime open on exit while a

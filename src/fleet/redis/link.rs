@@ -1,7 +1,7 @@
 //! The command connection to Redis, with a timeout on every command and a backoff between
 //! reconnections, and the health it reports.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
@@ -25,7 +25,8 @@ pub(super) struct Link {
     /// so that the next command connects again.
     conn: Mutex<Option<MultiplexedConnection>>,
     health: Mutex<Health>,
-    state: watch::Sender<SharedState>,
+    /// The store's health cell, shared with every clone of the `RedisStore`.
+    state: Arc<watch::Sender<SharedState>>,
 }
 
 struct Health {
@@ -36,7 +37,12 @@ struct Health {
 }
 
 impl Link {
-    pub(super) fn new(client: Client, timeout: Duration, interval: Duration) -> Self {
+    pub(super) fn new(
+        client: Client,
+        timeout: Duration,
+        interval: Duration,
+        state: Arc<watch::Sender<SharedState>>,
+    ) -> Self {
         let cap = (interval / 2).clamp(Duration::from_millis(100), RETRY_CAP);
         Link {
             client,
@@ -47,7 +53,7 @@ impl Link {
                 retry_at: None,
                 since: None,
             }),
-            state: watch::Sender::new(SharedState::Connecting),
+            state,
         }
     }
 
@@ -57,10 +63,6 @@ impl Link {
 
     pub(super) fn timeout(&self) -> Duration {
         self.timeout
-    }
-
-    pub(super) fn state(&self) -> SharedState {
-        self.state.borrow().clone()
     }
 
     /// While Redis is down and its retry time has not come: the error to report, at once.

@@ -53,7 +53,7 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Redis is an optimisation, never a dependency: when it is down, slow, full, or holds a record
 /// that is corrupt, oversized (over 4 MiB), of another format version or for another request, a
 /// handle keeps its last good flags and fetches on its own schedule (logged once, visible in
-/// [`Flags::shared_state`](crate::Flags::shared_state)), tries Redis again with backoff (1 s
+/// [`RedisStore::state`]), tries Redis again with backoff (1 s
 /// doubling to a minute, or to half the fetch interval when that is shorter), and rejoins when it
 /// answers.
 ///
@@ -75,6 +75,7 @@ pub struct RedisStore {
     shown: String,
     prefix: String,
     timeout: Duration,
+    state: Arc<watch::Sender<SharedState>>,
 }
 
 impl fmt::Debug for RedisStore {
@@ -113,7 +114,29 @@ impl RedisStore {
             shown,
             prefix: "flagpole".to_owned(),
             timeout: DEFAULT_TIMEOUT,
+            state: Arc::new(watch::Sender::new(SharedState::Connecting)),
         })
+    }
+
+    /// How this store is doing for the handle using it: `Connecting` until Redis first answers,
+    /// `Joined` while it answers (the handle coordinates with the fleet), `Down` while it fails
+    /// (the handle fetches on its own). Clones share it: keep a clone before giving the store to
+    /// the builder. A store shared by several handles shows the latest report of any of them.
+    ///
+    /// ```
+    /// let shared = flagpole::RedisStore::new("redis://127.0.0.1:6379")?;
+    /// let flags = flagpole::Flags::builder().shared_store(shared.clone()).enabled(false).build()?;
+    /// assert_eq!(shared.state().as_str(), "connecting");
+    /// # drop(flags);
+    /// # Ok::<(), flagpole::Error>(())
+    /// ```
+    pub fn state(&self) -> SharedState {
+        self.state.borrow().clone()
+    }
+
+    /// A receiver of every change of [`state`](Self::state).
+    pub fn state_receiver(&self) -> watch::Receiver<SharedState> {
+        self.state.subscribe()
     }
 
     /// The prefix of every key (default `flagpole`): processes that share flags use the same.
@@ -163,7 +186,12 @@ impl Tier {
         // Long enough for a slow answer and the write after it; a holder that dies costs this.
         let lease_for = config.timeout + store.timeout * 2 + Duration::from_millis(500);
         Tier {
-            link: Link::new(store.client, store.timeout, config.fetch_interval),
+            link: Link::new(
+                store.client,
+                store.timeout,
+                config.fetch_interval,
+                store.state,
+            ),
             lease: format!("{key}:lease"),
             channel: format!("{key}:changed"),
             key,
@@ -177,10 +205,6 @@ impl Tier {
             token: CancellationToken::new(),
             oversize_warned: std::sync::atomic::AtomicBool::new(false),
         }
-    }
-
-    pub(crate) fn state(&self) -> SharedState {
-        self.link.state()
     }
 
     pub(crate) fn latest(&self) -> watch::Receiver<Option<Arc<CacheRecord>>> {
