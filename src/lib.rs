@@ -109,6 +109,7 @@
 //! | layer | module | job |
 //! |---|---|---|
 //! | face | `lib` | re-exports, these docs, `#![forbid(unsafe_code)]` |
+//! | service | `relay` | `flagpole::relay` (feature `relay`): a hyper server in front of one handle per parameter set: the Client Config API (`api`, `view`, `sets`), the change stream (`stream`), OFREP (`ofrep`, `body`), `/health` and `/metrics` (`ops`), the accept loop and drain (`server`), dispatch (`route`), upstream counters (`upstream`) |
 //! | handle | `client` | [`Flags`]: reads, refresh, overrides, subscriptions, status, shutdown; starts the poller (`client::new`), reads (`client::read`) |
 //! | | `wait`, `reply`, `runtime` | [`Flags::ready`] and [`Flags::ready_blocking`]; the futures the actions return ([`Refresh`], [`Saved`], ...); where the poller runs (the caller's runtime or a `flagpole` thread) |
 //! | | `builder` | [`FlagsBuilder`]: collects settings, validates them, picks the transport, builds |
@@ -117,6 +118,7 @@
 //! | writer | `poller` | the one task that does I/O: event loop, cache load and save, outcomes |
 //! | | `fetch` | one request through the transport into an outcome (parsed flags, 304, error) |
 //! | | `shared` | the publishing hub: the current snapshot for reads, `watch` channels, the layers lock; private fields, methods only |
+//! | | `fleet` | shared mode (feature `redis`): `RedisStore`, the lease and the change channel (`fleet::redis`: `lead`, `listen`, `link`, `record`); inert without a shared store |
 //! | edges | `transport` | [`Transport`], [`Request`], [`Response`], [`HttpTransport`], `ScriptedTransport` |
 //! | | `request` | the URL, the headers, `ETag`, `Retry-After`, status classes |
 //! | | `store` | [`Store`], [`FileStore`], [`MemoryStore`], [`CacheRecord`] |
@@ -141,7 +143,9 @@
 //! | `native-tls` | no | TLS through the platform library (OpenSSL on Linux); preferred over rustls when both are on |
 //! | `openfeature` | no | `FlagpoleProvider`, an [OpenFeature](https://openfeature.dev) provider |
 //! | `test-util` | no | `ScriptedTransport`, canned answers with no sockets, for tests |
-//! | `cli` | no | the `flagpole` command |
+//! | `redis` | no | shared mode: `RedisStore` for `FlagsBuilder::shared_store` |
+//! | `relay` | no | `flagpole::relay`: the Client Config API, a change stream and OFREP over HTTP |
+//! | `cli` | no | the `flagpole` command (`get`, `watch`, `relay`; with `redis` and `relay`) |
 //!
 //! With no TLS feature the built-in client speaks plain `http` only. Proxies, extra root
 //! certificates and connection pools are set on a `reqwest::Client` given to
