@@ -22,21 +22,27 @@ use crate::status::Status;
 /// failed answers 503 at once.
 const FIRST_FLAGS_WAIT: Duration = Duration::from_secs(1);
 
+/// The parameter set a query names, started if need be; else the error to answer.
+pub(crate) fn set_of(
+    request: &Request<Incoming>,
+    state: &State,
+) -> Result<Arc<Set>, Response<Body>> {
+    let params = parse_query(request.uri().query(), state.sets.defaults)
+        .map_err(|unknown| unknown_value(&unknown))?;
+    state.sets.get(params).map_err(|error| {
+        tracing::error!(%error, "relay could not start an upstream poller");
+        route::error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "GENERAL",
+            "upstream poller failed to start",
+        )
+    })
+}
+
 pub(super) async fn flags(request: &Request<Incoming>, state: &State) -> Response<Body> {
-    let params = match parse_query(request.uri().query(), state.sets.defaults) {
-        Ok(params) => params,
-        Err(unknown) => return unknown_value(&unknown),
-    };
-    let set = match state.sets.get(params) {
+    let set = match set_of(request, state) {
         Ok(set) => set,
-        Err(error) => {
-            tracing::error!(%error, "relay could not start an upstream poller");
-            return route::error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "GENERAL",
-                "upstream poller failed to start",
-            );
-        }
+        Err(response) => return response,
     };
     let Some(view) = first_view(&set).await else {
         let mut response = route::error(

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, Response};
 use http_body_util::combinators::BoxBody;
 use http_body_util::Either;
 use hyper::body::{Frame, Incoming};
@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use super::api::{parse_query, unknown_value};
+use super::api::set_of;
 use super::route::{self, Body, Disconnect};
 use super::sets::Set;
 use super::view::View;
@@ -36,20 +36,9 @@ use crate::snapshot::Snapshot;
 const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
 
 pub(super) fn flags_stream(request: &Request<Incoming>, state: &Arc<State>) -> Response<Body> {
-    let params = match parse_query(request.uri().query(), state.sets.defaults) {
-        Ok(params) => params,
-        Err(unknown) => return unknown_value(&unknown),
-    };
-    let set = match state.sets.get(params) {
+    let set = match set_of(request, state) {
         Ok(set) => set,
-        Err(error) => {
-            tracing::error!(%error, "relay could not start an upstream poller");
-            return route::error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "GENERAL",
-                "upstream poller failed to start",
-            );
-        }
+        Err(response) => return response,
     };
     let body = if request.method() == Method::HEAD {
         route::full(Bytes::new())
