@@ -26,23 +26,23 @@ const FIRST_FLAGS_WAIT: Duration = Duration::from_secs(1);
 pub(crate) fn set_of(
     request: &Request<Incoming>,
     state: &State,
-) -> Result<Arc<Set>, Response<Body>> {
+) -> Result<Arc<Set>, Box<Response<Body>>> {
     let params = parse_query(request.uri().query(), state.sets.defaults)
-        .map_err(|unknown| unknown_value(&unknown))?;
+        .map_err(|unknown| Box::new(unknown_value(&unknown)))?;
     state.sets.get(params).map_err(|error| {
         tracing::error!(%error, "relay could not start an upstream poller");
-        route::error(
+        Box::new(route::error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "GENERAL",
             "upstream poller failed to start",
-        )
+        ))
     })
 }
 
 pub(super) async fn flags(request: &Request<Incoming>, state: &State) -> Response<Body> {
     let set = match set_of(request, state) {
         Ok(set) => set,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let Some(view) = first_view(&set).await else {
         let mut response = route::error(

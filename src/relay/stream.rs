@@ -38,7 +38,7 @@ const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
 pub(super) fn flags_stream(request: &Request<Incoming>, state: &Arc<State>) -> Response<Body> {
     let set = match set_of(request, state) {
         Ok(set) => set,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let body = if request.method() == Method::HEAD {
         route::full(Bytes::new())
