@@ -1,6 +1,7 @@
 //! The stream's mechanisms against slow clients, without sockets: a feed that is not asked for
 //! frames skips to the latest flags, and the watchdog drops a client that takes nothing.
 
+use http::StatusCode;
 use std::sync::Mutex;
 
 use super::*;
