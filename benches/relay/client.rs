@@ -8,7 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
-use crate::server::{cpu_ns, status_kib, Server};
+use crate::server::{cpu_ns, status_kib, user_ns, Server};
 
 /// Writes `request`, reads the whole answer into `buf`: its status, header length and body length.
 pub async fn exchange(
@@ -68,6 +68,8 @@ pub struct Outcome {
     pub p99: Duration,
     /// The server process's CPU time per request, in microseconds.
     pub cpu_us: f64,
+    /// The part of it in user mode (the server's code, not the kernel's TCP work).
+    pub user_us: f64,
     /// The server process's `VmRSS` every 50 ms, in KiB.
     pub rss: Vec<u64>,
 }
@@ -91,7 +93,7 @@ pub async fn phase(
     }
     let request: Arc<[u8]> = request.into();
     let pid = server.pid();
-    let cpu_before = cpu_ns(pid);
+    let (cpu_before, user_before) = (cpu_ns(pid), user_ns(pid));
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(seconds);
     let sampler = tokio::spawn(async move {
@@ -123,6 +125,7 @@ pub async fn phase(
     }
     let elapsed = start.elapsed();
     let cpu = cpu_ns(pid) - cpu_before;
+    let user = user_ns(pid) - user_before;
     all.sort_unstable();
     let at = |q: f64| Duration::from_nanos(all[((all.len() - 1) as f64 * q) as usize]);
     Outcome {
@@ -130,6 +133,7 @@ pub async fn phase(
         p50: at(0.50),
         p99: at(0.99),
         cpu_us: cpu as f64 / 1e3 / all.len() as f64,
+        user_us: user as f64 / 1e3 / all.len() as f64,
         rss: sampler.await.unwrap(),
     }
 }

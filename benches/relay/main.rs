@@ -135,14 +135,15 @@ async fn load(o: Options) {
             let c = &mut cases[i];
             let outcome = phase(c.server, c.request, c.expect, o.connections, o.seconds).await;
             println!(
-                "round {}  {:<12} {:>7.0} req/s  p50 {}  p99 {}  server CPU {:.1} µs/request  \
-                 RSS ≤ {}",
+                "round {}  {:<12} {:>7.0} req/s  p50 {}  p99 {}  server CPU {:.1} µs/request \
+                 ({:.1} user)  RSS ≤ {}",
                 round + 1,
                 c.name,
                 outcome.rps,
                 ms(outcome.p50),
                 ms(outcome.p99),
                 outcome.cpu_us,
+                outcome.user_us,
                 mib(outcome.rss.iter().copied().max().unwrap_or(0)),
             );
             c.results.push(outcome);
@@ -192,17 +193,18 @@ async fn load(o: Options) {
 
 fn report(cases: &[Case], rounds: usize) {
     println!("\nmedian [min–max] over {rounds} round(s):\n");
-    println!("| path | server | req/s | p50 | p99 | server CPU per request |");
-    println!("|---|---|---|---|---|---|");
+    println!("| path | server | req/s | p50 | p99 | server CPU per request | of which user |");
+    println!("|---|---|---|---|---|---|---|");
     for c in cases {
         let of = |f: fn(&Outcome) -> f64| c.results.iter().map(f).collect::<Vec<_>>();
         let (server, path) = c.name.split_once('-').unwrap();
         println!(
-            "| {path} | {server} | {} | {} ms | {} ms | {} µs |",
+            "| {path} | {server} | {} | {} ms | {} ms | {} µs | {} µs |",
             spread(&of(|x| x.rps), 0),
             spread(&of(|x| x.p50.as_secs_f64() * 1e3), 3),
             spread(&of(|x| x.p99.as_secs_f64() * 1e3), 3),
             spread(&of(|x| x.cpu_us), 1),
+            spread(&of(|x| x.user_us), 2),
         );
     }
     println!();
@@ -210,14 +212,16 @@ fn report(cases: &[Case], rounds: usize) {
         // Each round's relay phase against the same round's minimal phase (run back to back).
         let pairs = r.results.iter().zip(&m.results);
         let rps: Vec<f64> = pairs.clone().map(|(r, m)| r.rps / m.rps).collect();
-        let cpu: Vec<f64> = pairs.map(|(r, m)| m.cpu_us / r.cpu_us).collect();
+        let cpu: Vec<f64> = pairs.clone().map(|(r, m)| m.cpu_us / r.cpu_us).collect();
+        let user: Vec<f64> = pairs.map(|(r, m)| m.user_us / r.user_us).collect();
         println!(
             "{path}: relay/minimal req/s {:.2}x (per round: {}); minimal/relay CPU per request \
-             {:.2}x (per round: {})",
+             {:.2}x (per round: {}), user CPU only {:.2}x",
             median(&rps),
             list(&rps),
             median(&cpu),
-            list(&cpu)
+            list(&cpu),
+            median(&user),
         );
     }
 }

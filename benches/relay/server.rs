@@ -183,3 +183,17 @@ pub fn cpu_ns(pid: u32) -> u64 {
         })
         .sum()
 }
+
+/// User-mode CPU time of the process so far (`utime` of `/proc/<pid>/stat`), in nanoseconds:
+/// the server's own code, without the kernel's TCP work. Clock ticks: 10 ms resolution.
+pub fn user_ns(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name (which may hold spaces): utime is the 12th.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let ticks: u64 = after
+        .split_whitespace()
+        .nth(11)
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
+    ticks * 10_000_000 // USER_HZ is 100 on Linux
+}
