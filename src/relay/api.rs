@@ -1,6 +1,8 @@
 //! `GET /v1/flags`: the Client Config API, served from the set's view.
 
-use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, ETAG, IF_NONE_MATCH, RETRY_AFTER};
+use http::header::{
+    HeaderName, HeaderValue, CACHE_CONTROL, CONTENT_TYPE, ETAG, IF_NONE_MATCH, RETRY_AFTER,
+};
 use http::{HeaderMap, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::json;
@@ -57,31 +59,53 @@ pub(super) fn flags(request: &Request<Incoming>, state: &State) -> Response<Body
     response
 }
 
+/// `X-Flagpole-Source`, named once (a name given as `&str` is parsed on every insert).
+pub(crate) const X_FLAGPOLE_SOURCE: HeaderName = HeaderName::from_static("x-flagpole-source");
+
 /// `ETag`, `Cache-Control: max-age=<freshness left>` and `X-Flagpole-Source`.
 pub(crate) fn cache_headers(headers: &mut HeaderMap, view: &View, state: &State) {
     headers.insert(ETAG, view.etag.clone());
     let now = crate::clock::ms_since_epoch(std::time::SystemTime::now());
     let age = now.saturating_sub(view.cache_timestamp) / 1000;
     let left = state.sets.interval.as_secs().saturating_sub(age);
-    if let Ok(value) = HeaderValue::from_str(&format!("max-age={left}")) {
-        headers.insert(CACHE_CONTROL, value);
-    }
+    headers.insert(CACHE_CONTROL, max_age(left));
     headers.insert(
-        "x-flagpole-source",
+        X_FLAGPOLE_SOURCE,
         HeaderValue::from_static(view.source.as_str()),
     );
+}
+
+/// `max-age=<seconds>`, written in place (no `format!` and its `String` per request).
+fn max_age(mut seconds: u64) -> HeaderValue {
+    const PREFIX: &[u8] = b"max-age=";
+    let mut text = [0u8; PREFIX.len() + 20];
+    text[..PREFIX.len()].copy_from_slice(PREFIX);
+    let mut digits = 1;
+    while 10u64.checked_pow(digits).is_some_and(|p| p <= seconds) {
+        digits += 1;
+    }
+    let end = PREFIX.len() + digits as usize;
+    for at in (PREFIX.len()..end).rev() {
+        text[at] = b'0' + (seconds % 10) as u8;
+        seconds /= 10;
+    }
+    HeaderValue::from_bytes(&text[..end]).expect("ASCII digits are a valid header")
 }
 
 /// Whether `If-None-Match` names the tag (or is `*`). Weak comparison, as RFC 9110 asks for
 /// `If-None-Match`: `W/"x"` matches `"x"`.
 pub(crate) fn matches_etag(headers: &HeaderMap, etag: &str) -> bool {
-    headers
-        .get_all(IF_NONE_MATCH)
+    let values = headers.get_all(IF_NONE_MATCH);
+    // The usual conditional request sends back the one tag it got: compared as is.
+    values
         .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .map(|tag| tag.trim().trim_start_matches("W/"))
-        .any(|tag| tag == etag || tag == "*")
+        .any(|value| value.as_bytes() == etag.as_bytes())
+        || values
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .map(|tag| tag.trim().trim_start_matches("W/"))
+            .any(|tag| tag == etag || tag == "*")
 }
 
 /// The parameters of a query; those it does not name are the relay's defaults. Other
@@ -168,5 +192,28 @@ mod tests {
             }
         }
         assert_eq!(parse_query(None, defaults).unwrap(), defaults);
+    }
+
+    #[test]
+    fn max_age_writes_the_seconds() {
+        for seconds in [0, 7, 9, 10, 86_399, 86_400, 1_000_000, u64::MAX] {
+            assert_eq!(max_age(seconds), format!("max-age={seconds}").as_str());
+        }
+    }
+
+    #[test]
+    fn if_none_match_compares_weakly() {
+        let tagged = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(IF_NONE_MATCH, HeaderValue::from_str(value).unwrap());
+            matches_etag(&headers, "\"abc\"")
+        };
+        assert!(tagged("\"abc\""));
+        assert!(tagged("W/\"abc\""));
+        assert!(tagged("\"x\", W/\"abc\""));
+        assert!(tagged("*"));
+        assert!(!tagged("\"abcd\""));
+        assert!(!tagged("\"x\""));
+        assert!(!matches_etag(&HeaderMap::new(), "\"abc\""));
     }
 }
