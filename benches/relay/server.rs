@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use flagpole::relay::Relay;
 use flagpole::{Flags, ScriptedResponse, ScriptedTransport};
-use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, ETAG, IF_NONE_MATCH};
+use http::header::{HeaderName, HeaderValue, CACHE_CONTROL, CONTENT_TYPE, ETAG, IF_NONE_MATCH};
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -72,6 +72,9 @@ fn announce(port: u16) {
     out.flush().unwrap();
 }
 
+/// Named once, as the relay does (a name given as `&str` is parsed on every insert).
+const X_FLAGPOLE_SOURCE: HeaderName = HeaderName::from_static("x-flagpole-source");
+
 /// The baseline: the relay's accept loop and connection setup (a connection limit, a `JoinSet`,
 /// `TCP_NODELAY`, hyper's http1 builder with the same timer and header timeout), with a handler
 /// answering the same bytes and headers from statics: 304 when `If-None-Match` is the tag.
@@ -104,7 +107,7 @@ async fn connection(
         let headers = response.headers_mut();
         headers.insert(ETAG, etag.clone());
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("max-age=86400"));
-        headers.insert("x-flagpole-source", HeaderValue::from_static("network"));
+        headers.insert(X_FLAGPOLE_SOURCE, HeaderValue::from_static("network"));
         if fresh {
             *response.status_mut() = StatusCode::NOT_MODIFIED;
         } else {
