@@ -1,6 +1,8 @@
 //! `GET /v1/flags`: the Client Config API, served from the set's view.
 
-use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, ETAG, IF_NONE_MATCH, RETRY_AFTER};
+use http::header::{
+    HeaderName, HeaderValue, CACHE_CONTROL, CONTENT_TYPE, ETAG, IF_NONE_MATCH, RETRY_AFTER,
+};
 use http::{HeaderMap, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::json;
@@ -90,46 +92,83 @@ async fn first_view(set: &Set) -> Option<Arc<View>> {
     set.view()
 }
 
+/// `X-Flagpole-Source`, named once (a name given as `&str` is parsed on every insert).
+pub(crate) const X_FLAGPOLE_SOURCE: HeaderName = HeaderName::from_static("x-flagpole-source");
+
 /// `ETag`, `Cache-Control: max-age=<freshness left>` and `X-Flagpole-Source`.
 pub(crate) fn cache_headers(headers: &mut HeaderMap, view: &View, state: &State) {
     headers.insert(ETAG, view.etag.clone());
     let now = crate::clock::ms_since_epoch(std::time::SystemTime::now());
     let age = now.saturating_sub(view.cache_timestamp) / 1000;
     let left = state.sets.interval.as_secs().saturating_sub(age);
-    if let Ok(value) = HeaderValue::from_str(&format!("max-age={left}")) {
-        headers.insert(CACHE_CONTROL, value);
-    }
+    headers.insert(CACHE_CONTROL, max_age(left));
     headers.insert(
-        "x-flagpole-source",
+        X_FLAGPOLE_SOURCE,
         HeaderValue::from_static(view.source.as_str()),
     );
+}
+
+/// `max-age=<seconds>`, written in place (no `format!` and its `String` per request).
+fn max_age(mut seconds: u64) -> HeaderValue {
+    const PREFIX: &[u8] = b"max-age=";
+    let mut text = [0u8; PREFIX.len() + 20];
+    text[..PREFIX.len()].copy_from_slice(PREFIX);
+    let mut digits = 1;
+    while 10u64.checked_pow(digits).is_some_and(|p| p <= seconds) {
+        digits += 1;
+    }
+    let end = PREFIX.len() + digits as usize;
+    for at in (PREFIX.len()..end).rev() {
+        text[at] = b'0' + (seconds % 10) as u8;
+        seconds /= 10;
+    }
+    HeaderValue::from_bytes(&text[..end]).expect("ASCII digits are a valid header")
 }
 
 /// Whether `If-None-Match` names the tag (or is `*`). Weak comparison, as RFC 9110 asks for
 /// `If-None-Match`: `W/"x"` matches `"x"`.
 pub(crate) fn matches_etag(headers: &HeaderMap, etag: &str) -> bool {
-    headers
-        .get_all(IF_NONE_MATCH)
+    let values = headers.get_all(IF_NONE_MATCH);
+    // The usual conditional request sends back the one tag it got: compared as is.
+    values
         .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .map(|tag| tag.trim().trim_start_matches("W/"))
-        .any(|tag| tag == etag || tag == "*")
+        .any(|value| value.as_bytes() == etag.as_bytes())
+        || values
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .map(|tag| tag.trim().trim_start_matches("W/"))
+            .any(|tag| tag == etag || tag == "*")
 }
 
 /// The parameters of a query; those it does not name are the relay's defaults. Other
 /// parameters (`user=` among them) are ignored: never forwarded, logged or stored.
 pub(crate) fn parse_query(query: Option<&str>, defaults: Params) -> Result<Params, UnknownValue> {
+    let query = query.unwrap_or("");
     let mut params = defaults;
-    for (name, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-        match &*name {
-            "client" => params.client = value.parse::<Client>()?,
-            "distribution" => params.distribution = value.parse::<Distribution>()?,
-            "environment" => params.environment = value.parse::<Environment>()?,
-            _ => {}
+    // The usual query (`client=extension&distribution=main&environment=prod`) has nothing to
+    // decode: split in place, as `form_urlencoded` would, without its decoding (a copy per pair).
+    if !query.bytes().any(|b| b == b'%' || b == b'+') {
+        for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            set_param(&mut params, name, value)?;
         }
+        return Ok(params);
+    }
+    for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
+        set_param(&mut params, &name, &value)?;
     }
     Ok(params)
+}
+
+fn set_param(params: &mut Params, name: &str, value: &str) -> Result<(), UnknownValue> {
+    match name {
+        "client" => params.client = value.parse::<Client>()?,
+        "distribution" => params.distribution = value.parse::<Distribution>()?,
+        "environment" => params.environment = value.parse::<Environment>()?,
+        _ => {}
+    }
+    Ok(())
 }
 
 /// 400 naming the parameter, the value and the accepted ones.
@@ -143,4 +182,71 @@ pub(crate) fn unknown_value(unknown: &UnknownValue) -> Response<Body> {
             "accepted": unknown.expected,
         }),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decoded(query: &str, defaults: Params) -> Result<Params, UnknownValue> {
+        let mut params = defaults;
+        for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
+            set_param(&mut params, &name, &value)?;
+        }
+        Ok(params)
+    }
+
+    #[test]
+    fn plain_queries_parse_as_form_urlencoded_does() {
+        let defaults = Params {
+            client: Client::Extension,
+            distribution: Distribution::Main,
+            environment: Environment::Prod,
+        };
+        for query in [
+            "",
+            "&&",
+            "client=mobile",
+            "client=mobile&distribution=flask&environment=dev&user=someone",
+            "user&client=mobile&=x&environment",
+            "environment=test&environment=prod",
+            "client=mobile=x",
+            "client=desktop",
+            "client=mob%69le&environment=e2e-test",
+            "user=a+b&client=mobile",
+            "client=mobile+",
+        ] {
+            let got = parse_query(Some(query), defaults);
+            let want = decoded(query, defaults);
+            match (got, want) {
+                (Ok(got), Ok(want)) => assert_eq!(got, want, "{query}"),
+                (Err(got), Err(want)) => assert_eq!(got.to_string(), want.to_string(), "{query}"),
+                (got, want) => panic!("{query}: {got:?} against {want:?}"),
+            }
+        }
+        assert_eq!(parse_query(None, defaults).unwrap(), defaults);
+    }
+
+    #[test]
+    fn max_age_writes_the_seconds() {
+        for seconds in [0, 7, 9, 10, 86_399, 86_400, 1_000_000, u64::MAX] {
+            assert_eq!(max_age(seconds), format!("max-age={seconds}").as_str());
+        }
+    }
+
+    #[test]
+    fn if_none_match_compares_weakly() {
+        let tagged = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(IF_NONE_MATCH, HeaderValue::from_str(value).unwrap());
+            matches_etag(&headers, "\"abc\"")
+        };
+        assert!(tagged("\"abc\""));
+        assert!(tagged("W/\"abc\""));
+        assert!(tagged("\"x\", W/\"abc\""));
+        assert!(tagged("*"));
+        assert!(!tagged("\"abcd\""));
+        assert!(!tagged("\"x\""));
+        assert!(!matches_etag(&HeaderMap::new(), "\"abc\""));
+    }
 }

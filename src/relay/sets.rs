@@ -30,11 +30,14 @@ impl Params {
         format!("{}-{}-{}", self.client, self.distribution, self.environment)
     }
 
+    /// The set's slot: each enum's discriminants run from 0 to its `NAMES.len()` (a `NAMES`
+    /// entry per variant).
     fn index(self) -> usize {
-        let at = |names: &[&str], name: &str| names.iter().position(|n| *n == name).unwrap_or(0);
-        let c = at(Client::NAMES, self.client.as_str());
-        let d = at(Distribution::NAMES, self.distribution.as_str());
-        let e = at(Environment::NAMES, self.environment.as_str());
+        let (c, d, e) = (
+            self.client as usize,
+            self.distribution as usize,
+            self.environment as usize,
+        );
         (c * Distribution::NAMES.len() + d) * Environment::NAMES.len() + e
     }
 
@@ -140,5 +143,28 @@ impl Sets {
     /// The sets started so far.
     pub(crate) fn started(&self) -> impl Iterator<Item = &Arc<Set>> + '_ {
         self.slots.iter().filter_map(OnceLock::get)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_set_has_its_own_slot() {
+        let mut seen = vec![false; Params::count()];
+        for client in Client::NAMES {
+            for distribution in Distribution::NAMES {
+                for environment in Environment::NAMES {
+                    let params = Params {
+                        client: client.parse().unwrap(),
+                        distribution: distribution.parse().unwrap(),
+                        environment: environment.parse().unwrap(),
+                    };
+                    assert!(!std::mem::replace(&mut seen[params.index()], true));
+                }
+            }
+        }
+        assert!(seen.iter().all(|&s| s));
     }
 }
