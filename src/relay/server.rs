@@ -60,7 +60,9 @@ pub(super) async fn serve(listener: TcpListener, state: Arc<State>) {
 
 async fn connection(stream: TcpStream, state: Arc<State>, _permit: OwnedSemaphorePermit) {
     let _ = stream.set_nodelay(true);
-    let token = state.token.clone();
+    // A child of its own: every connection polls it on each wake, and waiters on one shared
+    // token would all take that token's lock.
+    let token = state.token.child_token();
     let header_timeout = state.limits.header_read_timeout;
     let disconnect = Disconnect::default();
     let for_requests = disconnect.clone();
