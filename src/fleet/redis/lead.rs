@@ -57,7 +57,7 @@ pub(crate) fn coordinate(
                             tracing::debug!("adopting flags another process fetched");
                             return Outcome::Adopted(Arc::new(record));
                         }
-                        None => return lead(&tier, &held, request).await,
+                        None => return lead(Arc::clone(&tier), &held, request).await,
                     }
                 }
                 Ok(false) => {
@@ -107,8 +107,12 @@ fn usable(
 /// Whatever the outcome the lease is given back at once: the next handle due tries in turn (each
 /// handle still makes at most one request per attempt, as without Redis), and a one-shot
 /// process such as `flagpole get` does not wait out a lease for nothing.
-async fn lead(tier: &Tier, held: &Held, request: BoxFuture<'static, Outcome>) -> Outcome {
+async fn lead(tier: Arc<Tier>, held: &Held, request: BoxFuture<'static, Outcome>) -> Outcome {
+    // Dropped mid-fetch (remote flags disabled, the handle stopped): the lease goes back at
+    // once rather than keeping the fleet waiting for its expiry.
+    let mut guard = LeaseGuard(Some(Arc::clone(&tier)));
     let outcome = request.await;
+    guard.0 = None;
     // Before the poller takes the outcome, which stamps it a moment later: the handle never
     // mistakes its own announcement for a newer record.
     let now = tier.now_ms();
@@ -128,4 +132,17 @@ async fn lead(tier: &Tier, held: &Held, request: BoxFuture<'static, Outcome>) ->
     }
     tier.release().await;
     outcome
+}
+
+/// Gives the lease back when the fetch that holds it is dropped before it ends.
+struct LeaseGuard(Option<Arc<Tier>>);
+
+impl Drop for LeaseGuard {
+    fn drop(&mut self) {
+        let Some(tier) = self.0.take() else { return };
+        // Without a runtime (it is shutting down) the lease simply expires.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { tier.release().await });
+        }
+    }
 }
