@@ -29,13 +29,13 @@ use sets::{Params, Sets};
 
 /// Settings of a [`Relay`]; from [`Relay::builder`].
 ///
-/// The upstream builder is a template: for each parameter set (client, distribution,
-/// environment) the relay serves, it starts one handle from it with that set's parameters, and
-/// a cache file in the [`cache_dir`](Self::cache_dir). Its base URL, interval, timeout, backoff,
-/// headers, transport and [shared store](FlagsBuilder::shared_store) apply upstream. Anything
+/// The upstream builder is a template: for each parameter set (client, distribution, environment)
+/// the relay serves, it starts one handle from it with that set's parameters, and a cache file in
+/// the [`cache_dir`](Self::cache_dir). Its base URL, interval, timeout, backoff, headers, transport
+/// and shared store (`FlagsBuilder::shared_store`, feature `redis`) apply upstream. Anything
 /// personal is dropped: the relay serves the unpersonalised flags (no profile id is ever sent
-/// upstream, nor any `user=` a client sends), and its client, distribution and environment are
-/// the defaults for requests that name none.
+/// upstream, nor any `user=` a client sends), and its client, distribution and environment are the
+/// defaults for requests that name none.
 #[derive(Debug)]
 #[must_use]
 pub struct RelayBuilder {
