@@ -163,3 +163,51 @@ async fn a_change_reaches_twenty_handles_at_once() {
     report_propagation("refreshes, 20 handles", &delays);
     shutdown(&handles).await;
 }
+
+/// Privacy: a handle whose remote flags are off reads nothing about its profile, from Redis
+/// either: its subscription ends when it is disabled, and starts again when it is enabled.
+#[tokio::test]
+async fn a_disabled_handle_stops_following_the_fleet() {
+    let redis = RedisServer::start();
+    let api = Api::start(1).await;
+    let handles = fleet(&api, &redis, Duration::from_secs(600), 2);
+    until("both handles to serve", Duration::from_secs(5), || {
+        std::future::ready(serve(&handles, 1))
+    })
+    .await;
+    let keys = redis.key_names("flagpole:*");
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let channel = format!("{}:changed", keys[0]);
+    let subscribers = || std::future::ready(redis.subscribers(&channel));
+    until("both to subscribe", Duration::from_secs(5), || async {
+        subscribers().await == 2
+    })
+    .await;
+    handles[1].set_enabled(false).await;
+    until(
+        "the disabled one to leave",
+        Duration::from_secs(5),
+        || async { subscribers().await == 1 },
+    )
+    .await;
+    // A change fetched by the other reaches nobody disabled.
+    api.set(2);
+    handles[0].refresh().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(handles[1].get_i64("n"), None, "disabled: defaults only");
+    handles[1].set_enabled(true).await;
+    until(
+        "the enabled one to subscribe again",
+        Duration::from_secs(5),
+        || async { subscribers().await == 2 },
+    )
+    .await;
+    until(
+        "it to serve the latest flags",
+        Duration::from_secs(5),
+        || std::future::ready(serve(&handles, 2)),
+    )
+    .await;
+    assert_eq!(api.requests().await, 2, "no request of its own");
+    shutdown(&handles).await;
+}

@@ -66,6 +66,9 @@ pub(crate) struct Fleet {
 pub(crate) struct Announcements {
     #[cfg(feature = "redis")]
     latest: Option<tokio::sync::watch::Receiver<Option<Arc<CacheRecord>>>>,
+    /// Ends the subscription.
+    #[cfg(feature = "redis")]
+    listener: Option<tokio_util::sync::CancellationToken>,
 }
 
 impl Fleet {
@@ -87,11 +90,12 @@ impl Fleet {
     /// Starts following the fleet's announcements (on the current runtime).
     pub(crate) fn listen(&self) -> Announcements {
         #[cfg(feature = "redis")]
-        return Announcements {
-            latest: self.tier.as_ref().map(|tier| {
-                tier.listen();
-                tier.latest()
-            }),
+        return match &self.tier {
+            Some(tier) => Announcements {
+                listener: Some(tier.listen()),
+                latest: Some(tier.latest()),
+            },
+            None => Announcements::none(),
         };
         #[cfg(not(feature = "redis"))]
         Announcements {}
@@ -122,6 +126,16 @@ impl Fleet {
 }
 
 impl Announcements {
+    /// Not following anything: remote flags are off, so no record is read, even from Redis.
+    pub(crate) fn none() -> Self {
+        Announcements {
+            #[cfg(feature = "redis")]
+            latest: None,
+            #[cfg(feature = "redis")]
+            listener: None,
+        }
+    }
+
     /// The next record announced; never, without a shared store.
     pub(crate) async fn next(&mut self) -> Arc<CacheRecord> {
         #[cfg(feature = "redis")]
@@ -133,5 +147,14 @@ impl Announcements {
             }
         }
         std::future::pending().await
+    }
+}
+
+impl Drop for Announcements {
+    fn drop(&mut self) {
+        #[cfg(feature = "redis")]
+        if let Some(listener) = &self.listener {
+            listener.cancel();
+        }
     }
 }

@@ -100,6 +100,8 @@ pub(crate) struct Poller {
     fresh_after_save: Option<u64>,
     next_wall_check: Instant,
     fleet: Fleet,
+    /// The fleet's announcements, followed while remote flags are on.
+    announcements: Announcements,
 }
 
 impl Poller {
@@ -136,11 +138,14 @@ impl Poller {
             fetches: 0,
             fresh_after_save: None,
             fleet,
+            announcements: Announcements::none(),
         }
     }
 
     pub(crate) async fn run(mut self) {
-        let mut announcements: Announcements = self.fleet.listen();
+        if self.enabled {
+            self.announcements = self.fleet.listen();
+        }
         if !self.persist.load() {
             self.loaded(Ok(None));
         }
@@ -157,7 +162,7 @@ impl Poller {
                 command = self.commands.recv() => Event::Command(command),
                 done = self.persist.done() => Event::Store(done),
                 () = sleep_until(due) => Event::Due,
-                record = announcements.next() => Event::Announced(record),
+                record = self.announcements.next() => Event::Announced(record),
                 () = sleep_until(retry_load) => Event::RetryLoad,
                 () = sleep_until(wall_check) => Event::WallCheck,
             };
@@ -253,6 +258,8 @@ impl Poller {
         if !enabled {
             // Dropping the future aborts the request: privacy means no request finishes later.
             self.in_flight = None;
+            // Privacy: nothing more is read about this profile, from Redis either.
+            self.announcements = Announcements::none();
             self.answer_callers(&Error::Disabled);
             self.next_fetch = None;
             self.fresh_after_save = None;
@@ -262,6 +269,7 @@ impl Poller {
             return;
         }
         tracing::info!("remote flags enabled");
+        self.announcements = self.fleet.listen();
         self.backoff.reset();
         self.stale_since = None;
         if self.starting {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::link::TimedOut;
 use super::Tier;
@@ -17,9 +18,8 @@ const PING_EVERY: Duration = Duration::from_secs(30);
 
 /// Subscribes, reads the record once (to catch up on what was announced while away), then reads
 /// it again on every announcement. When the subscription breaks it waits out the link's backoff
-/// and subscribes again; it ends with the handle.
-pub(super) async fn run(tier: Arc<Tier>) {
-    let token = tier.token.clone();
+/// and subscribes again; it ends with `token` (remote flags disabled, or the handle stopped).
+pub(super) async fn run(tier: Arc<Tier>, token: CancellationToken) {
     tokio::select! {
         () = token.cancelled() => {}
         () = follow(&tier) => {}

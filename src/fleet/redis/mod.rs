@@ -215,9 +215,12 @@ impl Tier {
         self.token.cancel();
     }
 
-    /// Starts following the change channel, on the current runtime.
-    pub(crate) fn listen(self: &Arc<Self>) {
-        tokio::spawn(listen::run(Arc::clone(self)));
+    /// Starts following the change channel, on the current runtime, until the returned token
+    /// is cancelled (or the tier stops).
+    pub(crate) fn listen(self: &Arc<Self>) -> CancellationToken {
+        let token = self.token.child_token();
+        tokio::spawn(listen::run(Arc::clone(self), token.clone()));
+        token
     }
 
     fn now_ms(&self) -> u64 {
