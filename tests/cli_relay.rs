@@ -2,8 +2,11 @@
 //! clients (`flagpole get`, reqwest, raw sockets) that only ever talk to the relay. Real time;
 //! every relay is killed and reaped on drop, and every wait has a deadline.
 
+#[path = "support/cli.rs"]
+mod cli_support;
 mod support;
 
+use cli_support::flagpole;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -23,18 +26,6 @@ const WAIT: Duration = Duration::from_secs(15);
 const DRAIN: Duration = Duration::from_secs(5);
 /// Sent as `user=` by clients; must never reach upstream, the relay's logs or its cache files.
 const SECRET: &str = "secret-profile-4242";
-
-/// The binary, with no `FLAGPOLE_*` variable or `RUST_LOG` from the host environment.
-fn flagpole() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_flagpole"));
-    for (var, _) in std::env::vars_os() {
-        let name = var.to_string_lossy();
-        if name.starts_with("FLAGPOLE_") || name == "RUST_LOG" {
-            cmd.env_remove(&var);
-        }
-    }
-    cmd
-}
 
 async fn upstream(body: &Value) -> MockServer {
     let server = MockServer::start().await;

@@ -2,9 +2,12 @@
 //! (`support/redis_server.rs`) and one wiremock API, in real time. Every child process is killed
 //! and reaped on drop, so a failing test leaves none behind; every wait has a deadline.
 
+#[path = "../support/cli.rs"]
+mod cli_support;
 #[path = "../support/mod.rs"]
 mod support;
 
+use cli_support::flagpole;
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,18 +26,6 @@ use support::requests;
 const WAIT: Duration = Duration::from_secs(15);
 /// In every Redis URL with a password: it must never show on stdout or stderr.
 const PASSWORD: &str = "hunter2-redis-secret";
-
-/// The binary, with no `FLAGPOLE_*` variable or `RUST_LOG` from the host environment.
-fn flagpole() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_flagpole"));
-    for (var, _) in std::env::vars_os() {
-        let name = var.to_string_lossy();
-        if name.starts_with("FLAGPOLE_") || name == "RUST_LOG" {
-            cmd.env_remove(&var);
-        }
-    }
-    cmd
-}
 
 /// The API: `{"generation": n}` for the n-th request, so that every fetch brings new flags and
 /// a process's flags tell which fetch they came from.
