@@ -1,49 +1,18 @@
 //! The relay on the wire: reqwest against a relay in this process, wiremock upstream.
 
-mod support;
-
-use std::time::Duration;
+mod relay_support;
 
 use flagpole::relay::Relay;
 use flagpole::Flags;
+use relay_support::{bind, get_ready, Upstream};
 use serde_json::{json, Value};
-use wiremock::matchers::{method, path};
-use wiremock::{Mock, MockServer, ResponseTemplate};
-
-async fn upstream(body: Value) -> MockServer {
-    let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path("/flags"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(body))
-        .mount(&server)
-        .await;
-    server
-}
-
-async fn relay(upstream: &MockServer) -> Relay {
-    Relay::builder(Flags::builder().base_url(upstream.uri()))
-        .bind("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap()
-}
-
-/// GETs `url` until it answers something other than 503 (the relay's first flags take a fetch).
-async fn get_ready(client: &reqwest::Client, url: &str) -> reqwest::Response {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let response = client.get(url).send().await.unwrap();
-        if response.status() != 503 || tokio::time::Instant::now() > deadline {
-            return response;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 #[tokio::test]
 async fn serves_the_upstream_body_with_etag_and_304() {
     let body = json!([{"a": true}, {"b": {"x": [1, 2]}}]);
-    let up = upstream(body.clone()).await;
-    let relay = relay(&up).await;
+    let (_upstream, up) = Upstream::start(body.clone()).await;
+    // The default interval: a day of freshness in `max-age`.
+    let relay = bind(Relay::builder(Flags::builder().base_url(up.uri()))).await;
     let base = format!("http://{}", relay.local_addr());
     let client = reqwest::Client::new();
     let url =

@@ -1,6 +1,6 @@
-//! Helpers of the relay's wire tests (`relay_stream.rs`, `relay_ops.rs`): an upstream whose
-//! answer the test changes, a relay in this process, a change-stream reader and a raw HTTP/1.1
-//! client. Each test file uses a subset, hence the `dead_code` allowances.
+//! Helpers of the relay's wire tests (`relay.rs`, `relay_stream.rs`, `relay_ops.rs`): an
+//! upstream whose answer the test changes, a relay in this process, a change-stream reader and a
+//! raw HTTP/1.1 client. Each test file uses a subset, hence the `dead_code` allowances.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;

@@ -75,16 +75,7 @@ impl RedisServer {
 
     /// [`command`](Self::command) with binary arguments.
     pub fn command_bytes(&self, args: &[&[u8]]) -> Option<String> {
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        let mut out = format!("*{}\r\n", args.len()).into_bytes();
-        for arg in args {
-            out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
-            out.extend_from_slice(arg);
-            out.extend_from_slice(b"\r\n");
-        }
-        stream.write_all(&out).ok()?;
+        let mut stream = self.send(args)?;
         let mut reply = Vec::new();
         let mut byte = [0u8; 1];
         while !reply.ends_with(b"\r\n") {
@@ -97,10 +88,10 @@ impl RedisServer {
         String::from_utf8(reply).ok()
     }
 
-    /// Runs one command and parses the whole reply; `None` when the server cannot be reached.
-    pub fn query(&self, args: &[&[u8]]) -> Option<Resp> {
+    /// Connects and sends one command (RESP array of bulk strings); the reply is the caller's.
+    fn send(&self, args: &[&[u8]]) -> Option<TcpStream> {
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
         stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
         let mut out = format!("*{}\r\n", args.len()).into_bytes();
         for arg in args {
@@ -108,7 +99,13 @@ impl RedisServer {
             out.extend_from_slice(arg);
             out.extend_from_slice(b"\r\n");
         }
-        (&stream).write_all(&out).ok()?;
+        stream.write_all(&out).ok()?;
+        Some(stream)
+    }
+
+    /// Runs one command and parses the whole reply; `None` when the server cannot be reached.
+    pub fn query(&self, args: &[&[u8]]) -> Option<Resp> {
+        let stream = self.send(args)?;
         Resp::read(&mut std::io::BufReader::new(&stream))
     }
 
