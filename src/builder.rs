@@ -415,6 +415,13 @@ impl FlagsBuilder {
         &mut self.settings
     }
 
+    /// One transport for every parameter set of the relay (one connection pool upstream).
+    #[cfg(feature = "relay")]
+    pub(crate) fn shared_transport(mut self, transport: Arc<dyn Transport>) -> Self {
+        self.transport = Some(transport);
+        self
+    }
+
     /// Drops the store, for the relay: each parameter set gets its own file, never a shared one.
     #[cfg(feature = "relay")]
     pub(crate) fn clear_store(&mut self) {

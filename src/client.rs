@@ -358,6 +358,13 @@ impl Flags {
         self.inner.shared.status()
     }
 
+    /// Requests this handle's poller made that ended, and those that brought no flags (for the
+    /// relay's metrics).
+    #[cfg(feature = "relay")]
+    pub(crate) fn fetch_counts(&self) -> (u64, u64) {
+        self.inner.shared.fetch_counts()
+    }
+
     /// A receiver of every status change: `changed().await` wakes on each, `wait_for` waits for
     /// one that matches.
     ///

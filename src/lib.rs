@@ -109,7 +109,7 @@
 //! | layer | module | job |
 //! |---|---|---|
 //! | face | `lib` | re-exports, these docs, `#![forbid(unsafe_code)]` |
-//! | service | `relay` | `flagpole::relay` (feature `relay`): a hyper server in front of one handle per parameter set: the Client Config API (`api`, `view`, `sets`), the change stream (`stream`), OFREP (`ofrep`, `body`), `/health` and `/metrics` (`ops`), the accept loop and drain (`server`), dispatch (`route`), upstream counters (`upstream`) |
+//! | service | `relay` | `flagpole::relay` (feature `relay`): a hyper server in front of one handle per parameter set: the Client Config API (`api`, `view`, `sets`), the change stream (`stream`), OFREP (`ofrep`, `body`), `/health` and `/metrics` (`ops`), the accept loop and drain (`server`), dispatch (`route`) |
 //! | handle | `client` | [`Flags`]: reads, refresh, overrides, subscriptions, status, shutdown; starts the poller (`client::new`), reads (`client::read`) |
 //! | | `wait`, `reply`, `runtime` | [`Flags::ready`] and [`Flags::ready_blocking`]; the futures the actions return ([`Refresh`], [`Saved`], ...); where the poller runs (the caller's runtime or a `flagpole` thread) |
 //! | | `builder` | [`FlagsBuilder`]: collects settings, validates them, picks the transport, builds |

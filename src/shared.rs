@@ -3,6 +3,7 @@
 //! the snapshots are built from. Its fields are private: writers publish through
 //! [`Shared::update`] and [`Shared::set_status`], readers go through [`Shared::load`].
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::Guard;
@@ -20,6 +21,9 @@ pub(crate) struct Shared {
     snapshots: watch::Sender<Arc<Snapshot>>,
     status: watch::Sender<Status>,
     layers: Mutex<Layers>,
+    /// Requests that ended, and those of them that brought no flags (for the relay's metrics).
+    fetches: AtomicU64,
+    fetch_failures: AtomicU64,
 }
 
 impl Shared {
@@ -30,6 +34,8 @@ impl Shared {
             snapshots: watch::Sender::new(initial),
             status: watch::Sender::new(status),
             layers: Mutex::new(layers),
+            fetches: AtomicU64::new(0),
+            fetch_failures: AtomicU64::new(0),
         }
     }
 
@@ -114,6 +120,23 @@ impl Shared {
             *current = snapshot;
             changed
         });
+    }
+
+    /// Counts a request that ended: with flags (a 200 or a 304) or not.
+    pub(crate) fn count_fetch(&self, failed: bool) {
+        self.fetches.fetch_add(1, Ordering::Relaxed);
+        if failed {
+            self.fetch_failures.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Requests that ended so far, and the failed ones among them.
+    #[cfg_attr(not(feature = "relay"), allow(dead_code))]
+    pub(crate) fn fetch_counts(&self) -> (u64, u64) {
+        (
+            self.fetches.load(Ordering::Relaxed),
+            self.fetch_failures.load(Ordering::Relaxed),
+        )
     }
 
     /// Reads the layers without publishing.

@@ -15,6 +15,12 @@ use crate::store::CacheRecord;
 
 impl Poller {
     pub(super) fn finish(&mut self, outcome: Outcome) {
+        // A request of this handle's own, counted by how it ended (an adopted record is none).
+        match &outcome {
+            Outcome::Fetched { .. } | Outcome::NotModified { .. } => self.shared.count_fetch(false),
+            Outcome::Failed { .. } => self.shared.count_fetch(true),
+            Outcome::Adopted(_) => {}
+        }
         let result = match outcome {
             Outcome::Fetched { flags, etag } => {
                 tracing::debug!(flags = flags.len(), "fetched flags");

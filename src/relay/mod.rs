@@ -9,7 +9,6 @@ mod route;
 mod server;
 mod sets;
 mod stream;
-mod upstream;
 mod view;
 
 use std::future::Future;

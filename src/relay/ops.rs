@@ -175,8 +175,8 @@ pub(super) fn metrics(state: &State) -> Response<Body> {
         state,
         "upstream_fetches_total",
         "counter",
-        "Requests sent upstream, by parameter set.",
-        |set| Some(set.upstream.fetches()),
+        "Upstream requests that ended, by parameter set.",
+        |set| Some(set.flags.fetch_counts().0),
     );
     per_set(
         &mut out,
@@ -185,7 +185,7 @@ pub(super) fn metrics(state: &State) -> Response<Body> {
         "counter",
         "Upstream requests that brought no flags (connection error, timeout, error status, \
          unparsable body), by parameter set.",
-        |set| Some(set.upstream.failures()),
+        |set| Some(set.flags.fetch_counts().1),
     );
     per_set(
         &mut out,

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 
-use super::upstream::{Counters, Counting};
 use super::view::View;
 use crate::builder::FlagsBuilder;
 use crate::client::Flags;
@@ -50,8 +49,6 @@ impl Params {
 pub(crate) struct Set {
     pub(crate) params: Params,
     pub(crate) flags: Flags,
-    /// Its upstream fetches and failures.
-    pub(crate) upstream: Arc<Counters>,
     view: ArcSwapOption<View>,
 }
 
@@ -115,24 +112,19 @@ impl Sets {
         if let Some(set) = slot.get() {
             return Ok(Arc::clone(set));
         }
-        let upstream = Arc::new(Counters::default());
         let mut builder = self
             .template
             .clone()
             .client(params.client)
             .distribution(params.distribution)
             .environment(params.environment)
-            .transport(Counting::new(
-                Arc::clone(&self.transport),
-                Arc::clone(&upstream),
-            ));
+            .shared_transport(Arc::clone(&self.transport));
         if let Some(dir) = &self.cache_dir {
             builder = builder.store(FileStore::new(dir.join(format!("{}.json", params.name()))));
         }
         let set = Arc::new(Set {
             params,
             flags: builder.build()?,
-            upstream,
             view: ArcSwapOption::empty(),
         });
         let _ = slot.set(Arc::clone(&set));
@@ -166,5 +158,57 @@ mod tests {
             }
         }
         assert!(seen.iter().all(|&s| s));
+    }
+
+    /// An upstream that answers every request the same way; `None`: never.
+    struct Answer(Option<Result<(u16, &'static str), ()>>);
+
+    impl Transport for Answer {
+        fn send(
+            &self,
+            _: crate::transport::Request,
+        ) -> crate::transport::BoxFuture<'static, Result<crate::transport::Response, Error>>
+        {
+            let answer = self.0;
+            Box::pin(async move {
+                match answer {
+                    Some(Ok((status, body))) => Ok(crate::transport::Response::new(
+                        http::StatusCode::from_u16(status).unwrap(),
+                        Default::default(),
+                        body.as_bytes().to_vec(),
+                    )),
+                    Some(Err(())) => Err(Error::Http { status: 0 }),
+                    None => std::future::pending().await,
+                }
+            })
+        }
+    }
+
+    /// A set's upstream fetches and failures, as `/metrics` reports them: every request that
+    /// ended counts, and every one that brought no flags is a failure.
+    #[tokio::test(start_paused = true)]
+    async fn each_fetch_and_every_kind_of_failure_is_counted() {
+        let cases = [
+            (Some(Ok((200, r#"[{"a": true}]"#))), false),
+            (Some(Ok((200, "not json"))), true),
+            (Some(Ok((500, ""))), true),
+            (Some(Ok((304, ""))), true), // no If-None-Match was sent
+            (Some(Err(())), true),
+            (None, true), // the poller's timeout
+        ];
+        for (i, (answer, fails)) in cases.into_iter().enumerate() {
+            let flags = FlagsBuilder::default()
+                .transport(Answer(answer))
+                .timeout(Duration::from_secs(1))
+                .polling(false)
+                .build()
+                .unwrap();
+            let mut status = flags.status_receiver();
+            let _ = status
+                .wait_for(|s| !matches!(s, crate::status::Status::Initializing))
+                .await;
+            assert_eq!(flags.fetch_counts(), (1, u64::from(fails)), "case {i}");
+            flags.shutdown().await;
+        }
     }
 }
