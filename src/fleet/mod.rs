@@ -136,6 +136,15 @@ impl Announcements {
         }
     }
 
+    /// The latest record announced, seen or not (none without a shared store).
+    pub(crate) fn latest(&self) -> Option<Arc<CacheRecord>> {
+        #[cfg(feature = "redis")]
+        if let Some(latest) = &self.latest {
+            return latest.borrow().clone();
+        }
+        None
+    }
+
     /// The next record announced; never, without a shared store.
     pub(crate) async fn next(&mut self) -> Arc<CacheRecord> {
         #[cfg(feature = "redis")]

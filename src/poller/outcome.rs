@@ -54,6 +54,10 @@ impl Poller {
         // Callers who asked during this fetch share the next one.
         self.waiting = std::mem::take(&mut self.queued);
         self.start_if_asked();
+        // An announcement that came while this fetch ran was set aside: a newer record counts.
+        if let Some(record) = self.announcements.latest() {
+            self.announced(&record);
+        }
     }
 
     /// Publishes the new flags at once and asks for a save. "Fresh" waits for that save, so a

@@ -35,8 +35,8 @@ async fn follow(tier: &Tier) {
         match subscribe(tier).await {
             Ok(pubsub) => {
                 tier.link.up();
-                catch_up(tier, None).await;
-                let error = relay_announcements(tier, pubsub).await;
+                let read = catch_up(tier, None).await;
+                let error = relay_announcements(tier, pubsub, !read).await;
                 tier.link.down(error);
             }
             Err(error) => {
@@ -49,17 +49,21 @@ async fn follow(tier: &Tier) {
 /// Reads the record on each announcement until the subscription breaks. An idle subscription is
 /// pinged: a connection that a NAT or a frozen server dropped without closing would otherwise
 /// wait for messages forever while the process believes it follows the fleet.
-async fn relay_announcements(tier: &Tier, pubsub: redis::aio::PubSub) -> Error {
+async fn relay_announcements(tier: &Tier, pubsub: redis::aio::PubSub, mut unread: bool) -> Error {
     let (mut sink, mut messages) = pubsub.split();
     let timeout = tier.link.timeout();
     let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
+    // `unread`: a record that could not be read (a command timed out, say) is read again when
+    // the link lets us, rather than the change being lost until the next fetch.
     loop {
+        let retry = tier.link.retry_in();
         tokio::select! {
             message = messages.next() => match message {
                 // The payload is the record's timestamp: a record already held is not read again.
-                Some(message) => catch_up(tier, message.get_payload::<u64>().ok()).await,
+                Some(message) => unread = !catch_up(tier, message.get_payload::<u64>().ok()).await,
                 None => return Error::shared(Closed),
             },
+            () = tokio::time::sleep(retry), if unread => unread = !catch_up(tier, None).await,
             _ = ping.tick() => match tokio::time::timeout(timeout, sink.ping::<redis::Value>()).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(error)) => return Error::shared(error),
@@ -85,13 +89,17 @@ async fn subscribe(tier: &Tier) -> Result<redis::aio::PubSub, Error> {
 
 /// Reads the record and keeps it if it is not the last one kept. `announced`: the timestamp the
 /// writer announced, when known; the record is not read when it is the one already kept.
-async fn catch_up(tier: &Tier, announced: Option<u64>) {
+/// False when the record could not be read.
+async fn catch_up(tier: &Tier, announced: Option<u64>) -> bool {
     if announced.is_some() && announced == tier.latest_timestamp() {
-        return;
+        return true;
     }
-    if let Ok(Some(record)) = tier.read().await {
-        tier.announce(record);
+    match tier.read().await {
+        Ok(Some(record)) => tier.announce(record),
+        Ok(None) => {}
+        Err(_) => return false,
     }
+    true
 }
 
 /// The subscription ended: Redis closed the connection or went away.
