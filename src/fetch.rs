@@ -26,9 +26,15 @@ pub(crate) enum Outcome {
     Fetched {
         flags: RawFlags,
         etag: Option<String>,
+        /// Shared mode: the timestamp the record was written with, which the handle keeps (none:
+        /// the handle stamps the flags when it takes them).
+        stamped: Option<u64>,
     },
     /// 304: the flags held are current. A new `ETag` on it replaces the one held.
-    NotModified { etag: Option<String> },
+    NotModified {
+        etag: Option<String>,
+        stamped: Option<u64>,
+    },
     Failed {
         error: Error,
         retry_after: Option<Duration>,
@@ -121,11 +127,13 @@ fn outcome(response: Response, had_etag: bool, clock: &crate::clock::WallClock) 
             Ok(flags) => Outcome::Fetched {
                 flags,
                 etag: request::etag(&response.headers),
+                stamped: None,
             },
             Err(error) => failed(error),
         },
         StatusClass::NotModified if had_etag => Outcome::NotModified {
             etag: request::etag(&response.headers),
+            stamped: None,
         },
         _ => Outcome::Failed {
             error: Error::Http {

@@ -22,16 +22,20 @@ impl Poller {
             Outcome::Adopted(_) => {}
         }
         let result = match outcome {
-            Outcome::Fetched { flags, etag } => {
+            Outcome::Fetched {
+                flags,
+                etag,
+                stamped,
+            } => {
                 tracing::debug!(flags = flags.len(), "fetched flags");
-                let now = self.config.wall_clock.now_ms();
+                let now = stamped.unwrap_or_else(|| self.config.wall_clock.now_ms());
                 let first = self.remote.is_none();
                 self.remote = Some(self.remote_state(flags, Source::Network, now, etag));
                 Ok(self.succeeded(first))
             }
-            Outcome::NotModified { etag } => {
+            Outcome::NotModified { etag, stamped } => {
                 tracing::debug!("flags not modified");
-                let now = self.config.wall_clock.now_ms();
+                let now = stamped.unwrap_or_else(|| self.config.wall_clock.now_ms());
                 if let Some(remote) = &mut self.remote {
                     remote.source = Source::Network;
                     remote.cache_timestamp = now;

@@ -51,13 +51,18 @@ pub(crate) fn coordinate(
                     // The holder before may have written its record and given the lease back
                     // between this handle's read and its lease: read again before fetching.
                     let written = tier.read().await.ok().flatten();
-                    match written.filter(|r| usable(&tier, r, &held, force, asked)) {
-                        Some(record) => {
+                    match written {
+                        Some(record) if usable(&tier, &record, &held, force, asked) => {
                             tier.release().await;
                             tracing::debug!("adopting flags another process fetched");
                             return Outcome::Adopted(Arc::new(record));
                         }
-                        None => return lead(Arc::clone(&tier), &held, request).await,
+                        // The record this fetch replaces: the new one must be stamped later.
+                        other => {
+                            let seen = other.map_or(0, |r| r.cache_timestamp);
+                            let seen = seen.max(held.cache_timestamp);
+                            return lead(Arc::clone(&tier), &held, seen, request).await;
+                        }
                     }
                 }
                 Ok(false) => {
@@ -107,18 +112,25 @@ fn usable(
 /// Whatever the outcome the lease is given back at once: the next handle due tries in turn (each
 /// handle still makes at most one request per attempt, as without Redis), and a one-shot
 /// process such as `flagpole get` does not wait out a lease for nothing.
-async fn lead(tier: Arc<Tier>, held: &Held, request: BoxFuture<'static, Outcome>) -> Outcome {
+///
+/// The record is stamped after `seen` (the latest stamp this handle knows), even within the same
+/// millisecond, and the handle keeps that very stamp: "newer" between records is then exact, and
+/// no handle takes a record as old because its own clock read a moment later.
+async fn lead(
+    tier: Arc<Tier>,
+    held: &Held,
+    seen: u64,
+    request: BoxFuture<'static, Outcome>,
+) -> Outcome {
     // Dropped mid-fetch (remote flags disabled, the handle stopped): the lease goes back at
     // once rather than keeping the fleet waiting for its expiry.
     let mut guard = LeaseGuard(Some(Arc::clone(&tier)));
-    let outcome = request.await;
+    let mut outcome = request.await;
     guard.0 = None;
-    // Before the poller takes the outcome, which stamps it a moment later: the handle never
-    // mistakes its own announcement for a newer record.
-    let now = tier.now_ms();
+    let now = tier.now_ms().max(seen.saturating_add(1));
     let written = match &outcome {
-        Outcome::Fetched { flags, etag } => tier.write(now, etag.as_deref(), flags).await,
-        Outcome::NotModified { etag } => match &held.flags {
+        Outcome::Fetched { flags, etag, .. } => tier.write(now, etag.as_deref(), flags).await,
+        Outcome::NotModified { etag, .. } => match &held.flags {
             Some(flags) => {
                 let etag = etag.as_deref().or(held.etag.as_deref());
                 tier.write(now, etag, flags).await
@@ -127,7 +139,13 @@ async fn lead(tier: Arc<Tier>, held: &Held, request: BoxFuture<'static, Outcome>
         },
         Outcome::Failed { .. } | Outcome::Adopted(_) => false,
     };
-    if !written {
+    if written {
+        if let Outcome::Fetched { stamped, .. } | Outcome::NotModified { stamped, .. } =
+            &mut outcome
+        {
+            *stamped = Some(now);
+        }
+    } else {
         tracing::debug!("nothing written to the shared store; giving the lease back");
     }
     tier.release().await;
