@@ -367,7 +367,7 @@ fn cold_start_then_change_then_outage(args: &Args) -> ColdResult {
         let statuses: Vec<watch::Receiver<Status>> =
             fleet.iter().map(Flags::status_receiver).collect();
         let recovered_99_s = until_99(n, step, interval * 3, |i| {
-            matches!(*statuses[i].borrow(), Status::Fresh)
+            matches!(*statuses[i].borrow(), Status::Fresh { .. })
         })
         .await;
         let end = recovery + interval;
@@ -418,7 +418,7 @@ fn warm_start(args: &Args) -> (f64, Curve) {
         let seed = client(&seed_server, clock, interval, Some(seed_store.clone()));
         let mut status = seed.status_receiver();
         status
-            .wait_for(|s| matches!(s, Status::Fresh))
+            .wait_for(|s| matches!(s, Status::Fresh { .. }))
             .await
             .expect("the seed client fetches");
         let record: CacheRecord = seed_store.get().expect("a saved record");

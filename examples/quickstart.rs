@@ -118,7 +118,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut status = flags.status_receiver();
     let recovered = tokio::time::timeout(
         Duration::from_secs(5),
-        status.wait_for(|s| matches!(s, Status::Fresh)),
+        status.wait_for(|s| matches!(s, Status::Fresh { .. })),
     )
     .await
     .is_ok();

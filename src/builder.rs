@@ -258,6 +258,36 @@ impl FlagsBuilder {
         self
     }
 
+    /// Follows the server's change stream besides polling (off by default): the handle keeps
+    /// `GET {base}/flags/stream?client=..&distribution=..&environment=..` open (Server-Sent
+    /// Events, as [`flagpole relay`](crate::relay) serves them) and fetches the flags as soon as
+    /// an event names a tag other than the one it holds: a change arrives in well under a second
+    /// instead of at the next poll. The profile id is not sent on the stream.
+    ///
+    /// Polling goes on at the fetch interval: the stream only adds fetches, which go through the
+    /// poller like any other (one in flight, one queued). A dropped stream reconnects with
+    /// jittered backoff (1 s doubling to 1 min); 45 s without an event or a keep-alive counts as
+    /// dropped. A server without the stream (404, 405, or not `text/event-stream`) is logged once
+    /// and streaming stays off for this handle. Disabling remote flags closes the stream;
+    /// [`Status::stream`](crate::Status::stream) tells whether it is connected.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), flagpole::Error> {
+    /// let flags = flagpole::Flags::builder()
+    ///     .base_url("http://127.0.0.1:8080/v1") // a `flagpole relay`
+    ///     .stream(true)
+    ///     .enabled(false) // no connection in this example
+    ///     .build()?;
+    /// assert_eq!(flags.status().stream(), flagpole::StreamState::Off);
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "stream")]
+    pub fn stream(mut self, stream: bool) -> Self {
+        self.settings.stream = stream;
+        self
+    }
+
     /// A token whose cancellation stops the poller (a child token is used, so dropping the
     /// handle never cancels the caller's token).
     pub fn cancellation_token(mut self, token: CancellationToken) -> Self {

@@ -204,8 +204,11 @@ mod runtime;
 mod shared;
 mod snapshot;
 mod source;
+#[cfg(feature = "stream")]
+mod sse;
 mod status;
 mod store;
+mod stream;
 mod table;
 mod transport;
 mod wait;
@@ -228,11 +231,15 @@ pub use error::{Error, UnknownValue};
 pub use openfeature::{FlagpoleProvider, ProviderEvent, ProviderEvents, DEFAULT_INIT_TIMEOUT};
 pub use reply::{Refresh, Saved, SetEnabled, Shutdown};
 pub use snapshot::{Snapshot, Source};
-pub use status::Status;
+pub use status::{Status, StreamState};
 pub use store::{CacheRecord, FileStore, MemoryStore, Store};
 pub use transport::{BoxFuture, HttpTransport, Request, Response, Transport};
+#[cfg(feature = "stream")]
+pub use transport::{Chunks, StreamResponse};
 #[cfg(feature = "test-util")]
 pub use transport::{ScriptedResponse, ScriptedTransport};
+#[cfg(all(feature = "test-util", feature = "stream"))]
+pub use transport::{ScriptedStream, StreamFeed};
 pub use wait::Ready;
 
 /// Re-exported so that a [`Flags`] handle can be tied to an application's shutdown.

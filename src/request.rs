@@ -30,6 +30,37 @@ pub(crate) fn flags_url(config: &Config) -> Url {
     url
 }
 
+/// `{base}/flags/stream?client=..&distribution=..&environment=..`: the change stream names no
+/// profile (the events are the same for everyone), so no `user=`.
+#[cfg(feature = "stream")]
+pub(crate) fn stream_url(config: &Config) -> Url {
+    let mut url = flags_url(config);
+    let path = format!("{}/stream", url.path());
+    url.set_path(&path);
+    let pairs: Vec<(String, String)> = url
+        .query_pairs()
+        .filter(|(k, _)| k != "user")
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    url.query_pairs_mut().clear().extend_pairs(pairs);
+    url
+}
+
+/// The request that opens the change stream: `Accept: text/event-stream`, no caching, with the
+/// caller's headers and hook as for the flags.
+#[cfg(feature = "stream")]
+pub(crate) fn build_stream(config: &Config, url: &Url) -> Request {
+    let mut request = build(config, url, None);
+    request
+        .headers
+        .insert(ACCEPT, HeaderValue::from_static("text/event-stream"));
+    request.headers.insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache"),
+    );
+    request
+}
+
 /// The request for the flag set, conditional on `etag` when one is known. Headers in order:
 /// `Accept`, `User-Agent`, the caller's headers (which may replace those), `If-None-Match`, then
 /// the caller's hook.

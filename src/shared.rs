@@ -3,7 +3,7 @@
 //! the snapshots are built from. Its fields are private: writers publish through
 //! [`Shared::update`] and [`Shared::set_status`], readers go through [`Shared::load`].
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::Guard;
@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use crate::current::Current;
 use crate::layers::Layers;
 use crate::snapshot::Snapshot;
-use crate::status::Status;
+use crate::status::{Status, StreamState};
 
 /// What the poller publishes and the handles read.
 #[derive(Debug)]
@@ -24,6 +24,8 @@ pub(crate) struct Shared {
     /// Requests that ended, and those of them that brought no flags (for the relay's metrics).
     fetches: AtomicU64,
     fetch_failures: AtomicU64,
+    /// The change stream's [`StreamState`], as a number.
+    stream: AtomicU8,
 }
 
 impl Shared {
@@ -36,6 +38,7 @@ impl Shared {
             layers: Mutex::new(layers),
             fetches: AtomicU64::new(0),
             fetch_failures: AtomicU64::new(0),
+            stream: AtomicU8::new(StreamState::Off.to_u8()),
         }
     }
 
@@ -74,19 +77,44 @@ impl Shared {
     /// Publishes `status`, waking receivers only when the state changes: a repeated
     /// `Initializing`, `Fresh`, `Disabled` or `Stopped` is not news (a new `Stale` always is,
     /// since its error or retry time moved).
-    pub(crate) fn set_status(&self, status: Status) {
+    pub(crate) fn set_status(&self, mut status: Status) {
         self.status.send_if_modified(|current| {
+            // Read under the channel's lock, which `set_stream` also takes after its store: the
+            // two writers never undo each other.
+            status.set_stream(self.stream_state());
             let changed = !matches!(
                 (&*current, &status),
-                (Status::Initializing, Status::Initializing)
-                    | (Status::Fresh, Status::Fresh)
+                (Status::Initializing { .. }, Status::Initializing { .. })
+                    | (Status::Fresh { .. }, Status::Fresh { .. })
                     | (Status::Disabled, Status::Disabled)
                     | (Status::Stopped, Status::Stopped)
-            );
+            ) || current.stream() != status.stream();
             if changed {
                 *current = status;
             }
             changed
+        });
+    }
+
+    /// The change stream's state, kept across status changes.
+    fn stream_state(&self) -> StreamState {
+        StreamState::from_u8(self.stream.load(Ordering::Acquire))
+    }
+
+    /// Publishes the change stream's state in the status, waking receivers when it changed;
+    /// nothing when `live` is given and cancelled (a closed stream's task must not undo the
+    /// handle's `Off`: both writes happen under the channel's lock).
+    pub(crate) fn set_stream(
+        &self,
+        state: StreamState,
+        live: Option<&tokio_util::sync::CancellationToken>,
+    ) {
+        self.status.send_if_modified(|current| {
+            if live.is_some_and(|token| token.is_cancelled()) {
+                return false;
+            }
+            self.stream.store(state.to_u8(), Ordering::Release);
+            current.set_stream(state)
         });
     }
 

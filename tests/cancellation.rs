@@ -349,7 +349,7 @@ async fn shutdown_while_reading_a_body_on_the_wire_closes_the_connection() {
     // to be reading the rest, which never comes.
     server.wait_connections(1, secs(5)).await;
     sleep(Duration::from_millis(100)).await;
-    assert!(matches!(flags.status(), Status::Initializing));
+    assert!(matches!(flags.status(), Status::Initializing { .. }));
 
     let started = std::time::Instant::now();
     flags.shutdown().await;

@@ -174,6 +174,7 @@ async fn run(case: Case) {
         since,
         last_error,
         next_retry,
+        ..
     } = flags.status()
     else {
         panic!("{fault}: expected stale, got {:?}", flags.status());

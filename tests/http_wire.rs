@@ -47,7 +47,7 @@ async fn settle(flags: &Flags) -> Status {
     let mut status = flags.status_receiver();
     let settled = tokio::time::timeout(
         WAIT,
-        status.wait_for(|s| !matches!(s, Status::Initializing)),
+        status.wait_for(|s| !matches!(s, Status::Initializing { .. })),
     )
     .await
     .expect("the start fetch did not finish in time")
@@ -143,7 +143,7 @@ async fn request_has_exact_query_path_and_accept_header_without_profile() {
 
     let flags = mobile_flask_rc(&server.uri()).build().unwrap();
     let status = settle(&flags).await;
-    assert!(matches!(status, Status::Fresh), "{status:?}");
+    assert!(matches!(status, Status::Fresh { .. }), "{status:?}");
     assert_eq!(flags.get_bool("a"), Some(true));
 
     let snapshot = flags.refresh().await.expect("refresh");
@@ -181,7 +181,7 @@ async fn request_carries_percent_encoded_user_only_with_profile_id() {
         .build()
         .unwrap();
     let status = settle(&flags).await;
-    assert!(matches!(status, Status::Fresh), "{status:?}");
+    assert!(matches!(status, Status::Fresh { .. }), "{status:?}");
     flags.refresh().await.expect("refresh");
 
     let seen = requests(&server).await;
@@ -215,7 +215,7 @@ async fn request_carries_percent_encoded_user_only_with_profile_id() {
         .mount(&server)
         .await;
     let flags = builder(&server.uri()).profile_id("").build().unwrap();
-    assert!(matches!(settle(&flags).await, Status::Fresh));
+    assert!(matches!(settle(&flags).await, Status::Fresh { .. }));
     let seen = requests(&server).await;
     assert_eq!(seen.len(), 1);
     assert_eq!(
@@ -323,7 +323,7 @@ async fn empty_array_is_a_valid_empty_set_from_the_network() {
         "an empty set is ready"
     );
     assert!(
-        matches!(flags.status(), Status::Fresh),
+        matches!(flags.status(), Status::Fresh { .. }),
         "{:?}",
         flags.status()
     );
@@ -336,7 +336,7 @@ async fn empty_array_is_a_valid_empty_set_from_the_network() {
     assert!(snapshot.is_empty());
     assert!(snapshot.cache_timestamp().is_some());
     assert!(flags.snapshot().names().is_empty());
-    assert!(matches!(flags.status(), Status::Fresh));
+    assert!(matches!(flags.status(), Status::Fresh { .. }));
     assert_eq!(requests(&server).await.len(), 2);
 }
 
@@ -393,7 +393,7 @@ async fn http_errors_are_typed_and_keep_the_last_good_flags() {
     flip(&server, json_200(json!([{"a": false}]))).await;
     let snapshot = flags.refresh().await.expect("recovered");
     assert_eq!(snapshot.get_bool("a"), Some(false));
-    assert!(matches!(flags.status(), Status::Fresh));
+    assert!(matches!(flags.status(), Status::Fresh { .. }));
 }
 
 #[tokio::test]
@@ -453,7 +453,7 @@ async fn etag_is_sent_back_and_304_keeps_the_flags() {
     assert_eq!(snapshot.to_json(), first.to_json());
     assert!(snapshot.cache_timestamp() >= first.cache_timestamp());
     assert_good_flags(&flags);
-    assert!(matches!(flags.status(), Status::Fresh));
+    assert!(matches!(flags.status(), Status::Fresh { .. }));
 
     let seen = requests(&server).await;
     assert_eq!(seen.len(), 2);
@@ -804,7 +804,11 @@ async fn fresh_cache_is_served_after_a_restart_with_no_request() {
     assert_eq!(snapshot.cache_timestamp(), Some(fetched_at));
     assert_eq!(snapshot.etag(), Some("\"v1\""));
     assert_good_flags(&b);
-    assert!(matches!(b.status(), Status::Fresh), "{:?}", b.status());
+    assert!(
+        matches!(b.status(), Status::Fresh { .. }),
+        "{:?}",
+        b.status()
+    );
     // Give a stray request every chance to show up.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(requests(&server).await.is_empty());

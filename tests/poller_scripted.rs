@@ -92,7 +92,7 @@ fn is_stale(s: &Status) -> bool {
 }
 
 fn is_fresh(s: &Status) -> bool {
-    matches!(s, Status::Fresh)
+    matches!(s, Status::Fresh { .. })
 }
 
 /// Runs a first handle configured by `configure` against `body`, waits until it has saved its
@@ -292,7 +292,7 @@ async fn cache_saved_for_another_environment_is_ignored() {
     assert_eq!(flags.snapshot().source(), Source::Defaults);
     assert_eq!(flags.get("a"), None, "the dev cache must not be served");
     assert_eq!(flags.snapshot().names(), vec!["d"]);
-    assert!(matches!(flags.status(), Status::Initializing));
+    assert!(matches!(flags.status(), Status::Initializing { .. }));
     assert_eq!(
         transport.request_count(),
         1,
@@ -464,6 +464,7 @@ async fn backoff_delays_are_jittered_exponential_and_reset_after_success() {
             since,
             last_error,
             next_retry,
+            ..
         } = status
         else {
             panic!("failure {n}: {status:?}");
@@ -1312,7 +1313,7 @@ async fn fresh_status_comes_only_after_the_save() {
         tokio::task::yield_now().await;
     }
     assert!(
-        matches!(flags.status(), Status::Initializing),
+        matches!(flags.status(), Status::Initializing { .. }),
         "status said {:?} before the save finished",
         flags.status()
     );
@@ -1462,7 +1463,7 @@ async fn refreshes_are_answered_while_a_save_blocks() {
     assert_eq!(recorder.count(), 3, "a fetch for each: no save in the way");
     assert!(store.inner.get().is_none(), "the first save still blocks");
     assert!(
-        matches!(flags.status(), Status::Initializing),
+        matches!(flags.status(), Status::Initializing { .. }),
         "fresh only after the save: {:?}",
         flags.status()
     );

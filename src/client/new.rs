@@ -28,7 +28,7 @@ impl Flags {
     ) -> Flags {
         let config = Arc::new(config);
         let status = if config.enabled {
-            Status::Initializing
+            Status::initializing()
         } else {
             Status::Disabled
         };

@@ -167,7 +167,7 @@ impl FlagpoleProvider {
 
     fn missing(&self, name: &str, snapshot: &Snapshot) -> EvaluationError {
         let status = self.flags.status();
-        let waiting = matches!(status, Status::Initializing | Status::Stale { .. });
+        let waiting = matches!(status, Status::Initializing { .. } | Status::Stale { .. });
         if snapshot.source() == Source::Defaults && waiting {
             let why = match status.last_error() {
                 Some(e) => format!("no remote flags yet (last fetch: {e})"),
@@ -217,10 +217,12 @@ fn reason(snapshot: &Snapshot, name: &str) -> (EvaluationReason, Option<String>)
 fn provider_status(status: &Status, source: Source) -> ProviderStatus {
     let remote = source != Source::Defaults;
     match status {
-        Status::Fresh | Status::Disabled => ProviderStatus::Ready,
-        Status::Initializing if !remote => ProviderStatus::NotReady,
+        Status::Fresh { .. } | Status::Disabled => ProviderStatus::Ready,
+        Status::Initializing { .. } if !remote => ProviderStatus::NotReady,
         Status::Stale { .. } if !remote => ProviderStatus::Error,
-        Status::Initializing | Status::Stale { .. } | Status::Stopped => ProviderStatus::STALE,
+        Status::Initializing { .. } | Status::Stale { .. } | Status::Stopped => {
+            ProviderStatus::STALE
+        }
     }
 }
 
@@ -344,17 +346,18 @@ mod tests {
             since: std::time::Instant::now(),
             last_error: crate::Error::Http { status: 500 },
             next_retry: None,
+            stream: crate::StreamState::Off,
         };
         let table = [
-            (Status::Fresh, Source::Network, ProviderStatus::Ready),
-            (Status::Fresh, Source::Cache, ProviderStatus::Ready),
+            (Status::fresh(), Source::Network, ProviderStatus::Ready),
+            (Status::fresh(), Source::Cache, ProviderStatus::Ready),
             (Status::Disabled, Source::Defaults, ProviderStatus::Ready),
             (
-                Status::Initializing,
+                Status::initializing(),
                 Source::Defaults,
                 ProviderStatus::NotReady,
             ),
-            (Status::Initializing, Source::Cache, ProviderStatus::STALE),
+            (Status::initializing(), Source::Cache, ProviderStatus::STALE),
             (stale.clone(), Source::Network, ProviderStatus::STALE),
             (stale, Source::Defaults, ProviderStatus::Error),
             (Status::Stopped, Source::Network, ProviderStatus::STALE),

@@ -44,6 +44,10 @@ impl Poller {
         };
         if std::mem::take(&mut self.starting) {
             self.started();
+            // A tag heard while the store loaded: a fresh cache may not hold it.
+            if let Some(heard) = self.heard.take() {
+                self.heard(heard);
+            }
         } else if adopted && self.enabled {
             self.publish_remote();
         }
@@ -99,7 +103,7 @@ impl Poller {
                 // loaded): the suspend check and the next `Stale { since }` start over.
                 self.stale_since = None;
                 self.rejection_logged = false;
-                self.set_status(Status::Fresh);
+                self.set_status(Status::fresh());
                 let (interval, jitter) = (self.config.fetch_interval, self.config.schedule_jitter);
                 let (u, v) = (fastrand::f64(), fastrand::f64());
                 self.schedule(if start {
@@ -109,7 +113,7 @@ impl Poller {
                 });
             }
             None => {
-                self.set_status(Status::Initializing);
+                self.set_status(Status::initializing());
                 // At once, or when the server's `Retry-After` ends (`Event::Due` waits it out).
                 self.next_fetch = Some(Instant::now());
             }

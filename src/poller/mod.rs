@@ -29,6 +29,7 @@ use crate::shared::Shared;
 use crate::snapshot::{Snapshot, Source};
 use crate::status::Status;
 use crate::store::{CacheRecord, Store};
+use crate::stream::{Heard, Streamer};
 use crate::transport::{BoxFuture, Transport};
 
 pub(crate) use persist::SaveReply;
@@ -64,6 +65,8 @@ enum Event {
     Due,
     /// Shared mode: a record another process announced.
     Announced(Arc<CacheRecord>),
+    /// The change stream announced a tag.
+    Heard(Heard),
     RetryLoad,
     WallCheck,
 }
@@ -102,6 +105,12 @@ pub(crate) struct Poller {
     fleet: Fleet,
     /// The fleet's announcements, followed while remote flags are on.
     announcements: Announcements,
+    /// The server's change stream, followed while remote flags are on (when asked for).
+    streamer: Streamer,
+    /// A tag heard while a fetch ran or the store loaded: looked at again when they end.
+    heard: Option<Heard>,
+    /// The next fetch answers a tag heard: a shared record older than it cannot.
+    force_next: bool,
 }
 
 impl Poller {
@@ -139,12 +148,22 @@ impl Poller {
             fresh_after_save: None,
             fleet,
             announcements: Announcements::none(),
+            streamer: Streamer::none(),
+            heard: None,
+            force_next: false,
         }
+    }
+
+    /// Follows what tells this handle about changes: the fleet's announcements and the
+    /// server's change stream.
+    fn follow(&mut self) {
+        self.announcements = self.fleet.listen();
+        self.streamer = Streamer::start(&self.config, &self.transport, &self.shared, &self.token);
     }
 
     pub(crate) async fn run(mut self) {
         if self.enabled {
-            self.announcements = self.fleet.listen();
+            self.follow();
         }
         if !self.persist.load() {
             self.loaded(Ok(None));
@@ -163,6 +182,7 @@ impl Poller {
                 done = self.persist.done() => Event::Store(done),
                 () = sleep_until(due) => Event::Due,
                 record = self.announcements.next() => Event::Announced(record),
+                heard = self.streamer.next() => Event::Heard(heard),
                 () = sleep_until(retry_load) => Event::RetryLoad,
                 () = sleep_until(wall_check) => Event::WallCheck,
             };
@@ -194,6 +214,7 @@ impl Poller {
                     None => self.start_fetch(),
                 },
                 Event::Announced(record) => self.announced(&record),
+                Event::Heard(heard) => self.heard(heard),
                 Event::RetryLoad => {
                     self.persist.load();
                 }
@@ -258,8 +279,11 @@ impl Poller {
         if !enabled {
             // Dropping the future aborts the request: privacy means no request finishes later.
             self.in_flight = None;
-            // Privacy: nothing more is read about this profile, from Redis either.
+            // Privacy: nothing more is read about this profile, from Redis either, and no
+            // connection stays open.
             self.announcements = Announcements::none();
+            self.streamer = Streamer::none();
+            self.heard = None;
             self.answer_callers(&Error::Disabled);
             self.next_fetch = None;
             self.fresh_after_save = None;
@@ -269,12 +293,12 @@ impl Poller {
             return;
         }
         tracing::info!("remote flags enabled");
-        self.announcements = self.fleet.listen();
+        self.follow();
         self.backoff.reset();
         self.stale_since = None;
         if self.starting {
             // The end of the first load serves what it finds.
-            self.set_status(Status::Initializing);
+            self.set_status(Status::initializing());
         } else {
             self.serve_remote(false);
         }
@@ -292,9 +316,11 @@ impl Poller {
             etag: etag.map(str::to_owned),
             flags: self.remote.as_ref().map(|r| Arc::clone(&r.flags)),
         };
-        // Callers waiting: a refresh they asked for, which a record older than the call cannot
-        // answer.
-        let force = !self.waiting.is_empty();
+        // Callers waiting, or a tag heard: a record older than the call (or the tag) cannot
+        // answer them.
+        let force = !self.waiting.is_empty() || std::mem::take(&mut self.force_next);
+        // This fetch covers every tag heard before it.
+        self.heard = None;
         self.in_flight = Some(self.fleet.fetch(held, force, request));
     }
 
@@ -328,6 +354,7 @@ impl Poller {
 
     fn stop(&mut self) {
         self.in_flight = None;
+        self.streamer = Streamer::none();
         self.fleet.stop();
         self.commands.close();
         while let Ok(command) = self.commands.try_recv() {

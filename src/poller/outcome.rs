@@ -12,6 +12,7 @@ use crate::fetch::Outcome;
 use crate::snapshot::{Snapshot, Source};
 use crate::status::Status;
 use crate::store::CacheRecord;
+use crate::stream::Heard;
 
 impl Poller {
     pub(super) fn finish(&mut self, outcome: Outcome) {
@@ -62,6 +63,34 @@ impl Poller {
         if let Some(record) = self.announcements.latest() {
             self.announced(&record);
         }
+        // So was a tag heard meanwhile: fetched now if it is not the one this fetch brought.
+        if let Some(heard) = self.heard.take() {
+            self.heard(heard);
+        }
+    }
+
+    /// A tag heard on the change stream: fetched at once when it is not the tag held. A fetch
+    /// in flight (or the first load of the store) takes it up when it ends, so tags heard in a
+    /// burst make one fetch, and a tag never makes more than one.
+    pub(super) fn heard(&mut self, heard: Heard) {
+        let held = self.remote.as_ref().and_then(|r| r.etag.as_deref());
+        if !self.enabled || !crate::stream::differs(&heard, held) {
+            return;
+        }
+        if self.in_flight.is_some() || self.starting {
+            self.heard = Some(heard);
+            return;
+        }
+        tracing::debug!(
+            stream = "connected",
+            "the change stream announced new flags; fetching"
+        );
+        self.force_next = true;
+        match self.retry_window() {
+            // The server's `Retry-After` holds for the stream's fetches too: due when it ends.
+            Some((at, _)) => self.next_fetch = Some(self.next_fetch.map_or(at, |n| n.min(at))),
+            None => self.start_fetch(),
+        }
     }
 
     /// Publishes the new flags at once and asks for a save. "Fresh" waits for that save, so a
@@ -97,7 +126,7 @@ impl Poller {
         if self.persist.saves_soon() {
             self.fresh_after_save = Some(self.fetches);
         } else {
-            self.set_status(Status::Fresh);
+            self.set_status(Status::fresh());
         }
         snapshot
     }
@@ -156,7 +185,7 @@ impl Poller {
             .is_some_and(|wanted| wanted <= fetches)
         {
             self.fresh_after_save = None;
-            self.set_status(Status::Fresh);
+            self.set_status(Status::fresh());
         }
     }
 
@@ -205,6 +234,7 @@ impl Poller {
             since,
             last_error: error.clone(),
             next_retry: next.map(Instant::into_std),
+            stream: crate::status::StreamState::Off,
         });
     }
 

@@ -85,7 +85,7 @@ async fn first_view(set: &Set) -> Option<Arc<View>> {
     let first = async {
         tokio::select! {
             _ = set.flags.ready() => {}
-            _ = status.wait_for(|s| !matches!(s, Status::Initializing)) => {}
+            _ = status.wait_for(|s| !matches!(s, Status::Initializing { .. })) => {}
         }
     };
     let _ = tokio::time::timeout(FIRST_FLAGS_WAIT, first).await;

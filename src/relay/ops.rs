@@ -91,7 +91,7 @@ pub(super) fn health(state: &State) -> Response<Body> {
         started += 1;
         serving_any |= serving;
         let mut entry = json!({
-            "state": match status { Status::Initializing => "starting", ref other => other.as_str() },
+            "state": match status { Status::Initializing { .. } => "starting", ref other => other.as_str() },
             "source": snapshot.source().as_str(),
             "age_s": age_s(snapshot.cache_timestamp()),
         });
@@ -99,6 +99,7 @@ pub(super) fn health(state: &State) -> Response<Body> {
             since,
             last_error,
             next_retry,
+            ..
         } = &status
         {
             entry["last_error"] = Value::from(last_error.to_string());

@@ -205,7 +205,7 @@ mod tests {
                 .unwrap();
             let mut status = flags.status_receiver();
             let _ = status
-                .wait_for(|s| !matches!(s, crate::status::Status::Initializing))
+                .wait_for(|s| !matches!(s, crate::status::Status::Initializing { .. }))
                 .await;
             assert_eq!(flags.fetch_counts(), (1, u64::from(fails)), "case {i}");
             flags.shutdown().await;

@@ -87,9 +87,31 @@ impl Transport for HttpTransport {
             Ok(Response::new(status, headers, body))
         })
     }
+
+    /// A client given with [`with_client`](Self::with_client) that has its own total `timeout`
+    /// cuts the stream at that age; the stream then reconnects.
+    #[cfg(feature = "stream")]
+    fn open(&self, request: Request) -> BoxFuture<'static, Result<super::StreamResponse, Error>> {
+        let client = self.client.clone();
+        Box::pin(async move {
+            let mut response = client
+                .get(request.url)
+                .headers(request.headers)
+                .send()
+                .await
+                .map_err(map_reqwest)?;
+            let status = response.status();
+            let headers = std::mem::take(response.headers_mut());
+            Ok(super::StreamResponse::new(
+                status,
+                headers,
+                super::Chunks::http(response),
+            ))
+        })
+    }
 }
 
-fn map_reqwest(e: reqwest::Error) -> Error {
+pub(super) fn map_reqwest(e: reqwest::Error) -> Error {
     // The URL carries `user=<profile id>`: it must never reach an error message or a log.
     let e = e.without_url();
     // Timeouts are enforced by the poller around the whole request; reqwest's own only fire for

@@ -17,10 +17,18 @@ use crate::error::Error;
 mod http;
 #[cfg(feature = "test-util")]
 mod scripted;
+#[cfg(all(feature = "test-util", feature = "stream"))]
+mod scripted_stream;
+#[cfg(feature = "stream")]
+mod stream;
 
 pub use http::HttpTransport;
 #[cfg(feature = "test-util")]
 pub use scripted::{ScriptedResponse, ScriptedTransport};
+#[cfg(all(feature = "test-util", feature = "stream"))]
+pub use scripted_stream::{ScriptedStream, StreamFeed};
+#[cfg(feature = "stream")]
+pub use stream::{Chunks, StreamResponse};
 
 /// A boxed, sendable future, as returned by [`Transport::send`] (see its example).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -158,6 +166,22 @@ pub trait Transport: Send + Sync + 'static {
     /// The future may be dropped at any await point (shutdown, timeout, disable); it must leave
     /// nothing behind that needs cleaning up.
     fn send(&self, request: Request) -> BoxFuture<'static, Result<Response, Error>>;
+
+    /// Opens a streaming GET (the change stream, for
+    /// [`FlagsBuilder::stream`](crate::FlagsBuilder::stream)): resolves once the status and
+    /// headers are in, with the body left to read from [`StreamResponse::body`]. The caller
+    /// bounds the wait for the headers with `request.timeout`, and the body's silences itself.
+    ///
+    /// The default answers [`Error::Config`]: a transport that cannot stream turns streaming off
+    /// for the handle (logged once) and polling goes on.
+    ///
+    /// # Cancellation safety
+    /// As for [`send`](Self::send); dropping the body closes the stream.
+    #[cfg(feature = "stream")]
+    fn open(&self, request: Request) -> BoxFuture<'static, Result<StreamResponse, Error>> {
+        let _ = request;
+        Box::pin(async { Err(Error::config("this transport cannot open a stream")) })
+    }
 }
 
 #[cfg(test)]

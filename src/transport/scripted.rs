@@ -98,6 +98,10 @@ struct Script {
     queue: VecDeque<ScriptedResponse>,
     last: Option<ScriptedResponse>,
     requests: Vec<Request>,
+    #[cfg(feature = "stream")]
+    streams: VecDeque<super::ScriptedStream>,
+    #[cfg(feature = "stream")]
+    stream_requests: Vec<Request>,
 }
 
 /// An in-memory [`Transport`] for tests: answers from a queue of [`ScriptedResponse`]s and records
@@ -165,6 +169,26 @@ impl ScriptedTransport {
         self.lock().requests.clone()
     }
 
+    /// Queues an answer to the next [`open`](Transport::open) of a change stream. Once the
+    /// queue is empty, opens fail with [`Error::Connect`] (the server is down).
+    #[cfg(feature = "stream")]
+    pub fn push_stream(&self, stream: super::ScriptedStream) -> &Self {
+        self.lock().streams.push_back(stream);
+        self
+    }
+
+    /// How many change streams were opened (or tried) so far.
+    #[cfg(feature = "stream")]
+    pub fn stream_count(&self) -> usize {
+        self.lock().stream_requests.len()
+    }
+
+    /// Every request that opened (or tried to open) a change stream, oldest first.
+    #[cfg(feature = "stream")]
+    pub fn stream_requests(&self) -> Vec<Request> {
+        self.lock().stream_requests.clone()
+    }
+
     fn lock(&self) -> MutexGuard<'_, Script> {
         // A panicking test thread must not poison the script for the others.
         self.script.lock().unwrap_or_else(|e| e.into_inner())
@@ -200,6 +224,24 @@ impl Transport for ScriptedTransport {
                 tokio::time::sleep(answer.delay).await;
             }
             answer.outcome
+        })
+    }
+
+    /// Takes the next scripted stream when the future is first polled, as [`send`](Self::send)
+    /// does; with none queued, the open fails with [`Error::Connect`].
+    #[cfg(feature = "stream")]
+    fn open(&self, request: Request) -> BoxFuture<'static, Result<super::StreamResponse, Error>> {
+        let script = self.clone();
+        Box::pin(async move {
+            let next = {
+                let mut script = script.lock();
+                script.stream_requests.push(request);
+                script.streams.pop_front()
+            };
+            match next {
+                Some(stream) => stream.answer().await,
+                None => Err(Error::connect(EmptyScript)),
+            }
         })
     }
 }

@@ -239,12 +239,12 @@ async fn get(flags: &Flags, store: Option<&RedisStore>, refresh: bool) -> std::i
     // another process fetched (no request either), or the one fetch it makes at start.
     let mut status = flags.status_receiver();
     let first = status
-        .wait_for(|s| !matches!(s, Status::Initializing))
+        .wait_for(|s| !matches!(s, Status::Initializing { .. }))
         .await
         .map(|s| s.clone())
         .unwrap_or(Status::Stopped);
     let not_fetched = matches!(flags.snapshot().source(), Source::Cache | Source::Shared);
-    let error = if refresh && matches!(first, Status::Fresh) && not_fetched {
+    let error = if refresh && matches!(first, Status::Fresh { .. }) && not_fetched {
         flags.refresh().await.err().map(|e| e.to_string())
     } else {
         first.last_error().map(ToString::to_string)

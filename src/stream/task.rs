@@ -1,0 +1,231 @@
+//! The connection loop: open, read events until the stream drops, back off, open again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::CONTENT_TYPE;
+use http::StatusCode;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{Heard, HEALTHY, INACTIVITY, RECONNECT_CAP, RECONNECT_INITIAL};
+use crate::backoff::Backoff;
+use crate::error::Error;
+use crate::shared::Shared;
+use crate::sse::{SseEvent, SseParser};
+use crate::status::StreamState;
+use crate::transport::{Request, StreamResponse, Transport};
+
+pub(super) struct Task {
+    pub(super) transport: Arc<dyn Transport>,
+    pub(super) request: Request,
+    pub(super) shared: Arc<Shared>,
+    pub(super) token: CancellationToken,
+    pub(super) heard: watch::Sender<Option<Heard>>,
+    pub(super) fetch_interval: Duration,
+}
+
+/// How one connection ended.
+enum End {
+    Cancelled,
+    /// The server has no change stream: streaming stays off for this handle.
+    Unsupported(String),
+    Dropped {
+        error: Error,
+        /// How long it was connected (none when it never was).
+        connected_for: Option<Duration>,
+        retry_after: Option<Duration>,
+    },
+}
+
+impl Task {
+    pub(super) async fn run(self) {
+        let mut backoff = Backoff::new(RECONNECT_INITIAL, RECONNECT_CAP);
+        // A failure is logged at `warn` once per outage; the retries after it at `debug`.
+        let mut outage_logged = false;
+        let mut ever_connected = false;
+        loop {
+            self.set(StreamState::Connecting);
+            let (error, connected_for, retry_after) = match self
+                .connection(&mut outage_logged, &mut ever_connected)
+                .await
+            {
+                End::Cancelled => return,
+                End::Unsupported(reason) => {
+                    tracing::warn!(stream = "unsupported", %reason, "the flag service has no change stream; polling only");
+                    self.set(StreamState::Unsupported);
+                    return;
+                }
+                End::Dropped {
+                    error,
+                    connected_for,
+                    retry_after,
+                } => (error, connected_for, retry_after),
+            };
+            if connected_for.is_some_and(|lasted| lasted >= HEALTHY) {
+                backoff.reset();
+            }
+            let mut delay = backoff.next().unwrap_or(RECONNECT_CAP);
+            if let Some(wait) = retry_after {
+                delay = delay.max(wait.min(self.fetch_interval));
+            }
+            if std::mem::replace(&mut outage_logged, true) {
+                tracing::debug!(stream = "connecting", %error, delay_ms = delay.as_millis() as u64, "flag change stream still down");
+            } else {
+                tracing::warn!(stream = "connecting", %error, delay_ms = delay.as_millis() as u64, "flag change stream dropped; polling goes on, reconnecting");
+            }
+            tokio::select! {
+                biased;
+                () = self.token.cancelled() => return,
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// Publishes the connection's state, unless the handle closed the stream meanwhile.
+    fn set(&self, state: StreamState) {
+        self.shared.set_stream(state, Some(&self.token));
+    }
+
+    /// One connection, from opening to its end.
+    async fn connection(&self, outage_logged: &mut bool, ever_connected: &mut bool) -> End {
+        let timeout = self.request.timeout;
+        let open = self.transport.open(self.request.clone());
+        let opened = tokio::select! {
+            biased;
+            () = self.token.cancelled() => return End::Cancelled,
+            opened = tokio::time::timeout(timeout, open) => opened,
+        };
+        let response = match opened {
+            Err(_) => return dropped(Error::Timeout { after: timeout }, None),
+            Ok(Err(error @ Error::Config { .. })) => return End::Unsupported(error.to_string()),
+            Ok(Err(error)) => return dropped(error, None),
+            Ok(Ok(response)) => response,
+        };
+        let StreamResponse {
+            status,
+            headers,
+            mut body,
+            ..
+        } = response;
+        if matches!(
+            status,
+            StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED
+        ) {
+            return End::Unsupported(format!("it answered HTTP {}", status.as_u16()));
+        }
+        if !status.is_success() {
+            let now = std::time::SystemTime::now();
+            return End::Dropped {
+                error: Error::Http {
+                    status: status.as_u16(),
+                },
+                connected_for: None,
+                retry_after: crate::request::retry_after(status, &headers, now),
+            };
+        }
+        let event_stream = headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.trim()
+                    .to_ascii_lowercase()
+                    .starts_with("text/event-stream")
+            });
+        if !event_stream {
+            return End::Unsupported(
+                "it answered without `Content-Type: text/event-stream`".into(),
+            );
+        }
+        let connected_at = Instant::now();
+        self.set(StreamState::Connected);
+        if std::mem::replace(outage_logged, false) || !*ever_connected {
+            tracing::info!(stream = "connected", "flag change stream connected");
+        } else {
+            tracing::debug!(stream = "connected", "flag change stream reconnected");
+        }
+        *ever_connected = true;
+        let mut parser = SseParser::default();
+        let mut events = Vec::new();
+        let error = loop {
+            let chunk = tokio::select! {
+                biased;
+                () = self.token.cancelled() => return End::Cancelled,
+                chunk = tokio::time::timeout(INACTIVITY, body.next()) => chunk,
+            };
+            let bytes = match chunk {
+                Err(_) => break Error::Timeout { after: INACTIVITY },
+                Ok(None) => break Error::connect(Closed),
+                Ok(Some(Err(error))) => break error,
+                Ok(Some(Ok(bytes))) => bytes,
+            };
+            if let Err(error) = parser.feed(&bytes, &mut events) {
+                break Error::parse(error.to_string());
+            }
+            for event in events.drain(..) {
+                if let Some(heard) = heard(&event) {
+                    self.heard.send_replace(Some(heard));
+                }
+            }
+        };
+        dropped(error, Some(connected_at.elapsed()))
+    }
+}
+
+fn dropped(error: Error, connected_for: Option<Duration>) -> End {
+    End::Dropped {
+        error,
+        connected_for,
+        retry_after: None,
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the server closed the change stream")]
+struct Closed;
+
+/// The tag an event announces: a `flags` event (or an unnamed one) names it in its data's
+/// `etag`, else in its `id`. Other events are not about the flags.
+fn heard(event: &SseEvent) -> Option<Heard> {
+    if event.event != "flags" && event.event != "message" {
+        return None;
+    }
+    let from_data = serde_json::from_str::<serde_json::Value>(&event.data)
+        .ok()
+        .and_then(|v| v.get("etag")?.as_str().map(str::to_owned));
+    let etag = from_data.or_else(|| event.id.clone().filter(|id| !id.is_empty()));
+    Some(Heard { etag })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(name: &str, data: &str, id: Option<&str>) -> SseEvent {
+        SseEvent {
+            event: name.into(),
+            data: data.into(),
+            id: id.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn the_tag_comes_from_the_data_then_the_id() {
+        let tag = |e: &SseEvent| heard(e).map(|h| h.etag);
+        assert_eq!(
+            tag(&event(
+                "flags",
+                r#"{"etag":"\"a\"","cacheTimestamp":1}"#,
+                Some("\"b\"")
+            )),
+            Some(Some("\"a\"".into()))
+        );
+        assert_eq!(
+            tag(&event("flags", "changed", Some("\"b\""))),
+            Some(Some("\"b\"".into()))
+        );
+        assert_eq!(tag(&event("message", "x", None)), Some(None));
+        assert_eq!(tag(&event("ping", "x", Some("1"))), None);
+    }
+}
