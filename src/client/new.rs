@@ -34,6 +34,10 @@ impl Flags {
         };
         let layers = Layers::new(config.defaults.clone(), config.overrides.clone());
         let shared = Arc::new(Shared::new(layers, status));
+        if config.stream && config.enabled {
+            // The poller opens the stream as it starts: say so from the first status on.
+            shared.set_stream(crate::status::StreamState::Connecting, None);
+        }
         let (commands, receiver) = mpsc::unbounded_channel();
         // A child token: cancelling ours (on drop or shutdown) leaves the caller's untouched.
         let token = parent.child_token();

@@ -222,6 +222,13 @@ pub(crate) struct Common {
     )]
     pub(crate) redis_prefix: String,
 
+    /// Follow the server's change stream ({base-url}/flags/stream, as `flagpole relay` serves
+    /// it) besides polling: a change is fetched as soon as it is announced (watch, and relay
+    /// for its upstream; get ignores it). Status lines gain "stream": off, connecting,
+    /// connected or unsupported.
+    #[arg(long, global = true, env = "FLAGPOLE_STREAM", value_parser = BoolishValueParser::new())]
+    pub(crate) stream: bool,
+
     /// Remote flags off: no request, defaults only.
     #[arg(long, global = true, env = "FLAGPOLE_DISABLED", value_parser = BoolishValueParser::new())]
     pub(crate) disabled: bool,

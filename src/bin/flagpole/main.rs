@@ -101,7 +101,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     let one_shot = matches!(cli.command, Command::Get { .. });
     let (builder, store) = builder(&cli.common)?;
     let store = store.as_ref();
-    let flags = builder.polling(!one_shot).build().map_err(failure)?;
+    // `get` makes one attempt: a change stream would only hold the connection open.
+    let streaming = cli.common.stream && !one_shot;
+    let flags = builder
+        .polling(!one_shot)
+        .stream(streaming)
+        .build()
+        .map_err(failure)?;
     let written = match cli.command {
         Command::Relay(_) => Ok(()),
         Command::Get { refresh } => {
@@ -111,7 +117,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let _ = tokio::time::timeout(cli.common.timeout, flags.flush()).await;
             written
         }
-        Command::Watch => watch(&flags, store).await,
+        Command::Watch => watch(&flags, store, streaming).await,
     };
     flags.shutdown().await;
     written.map_err(|e| Failure::Other(format!("cannot write to stdout: {e}")))
@@ -159,7 +165,8 @@ fn upstream_with_store(common: &Common) -> Result<(FlagsBuilder, Option<RedisSto
         .fetch_interval(common.fetch_interval)
         .timeout(common.timeout)
         .backoff_initial(common.backoff_initial)
-        .backoff_max(common.backoff_max);
+        .backoff_max(common.backoff_max)
+        .stream(common.stream);
     // Empty (an unset variable passed through, say) is no shared store.
     if let Some(url) = common.redis_url.as_deref().filter(|url| !url.is_empty()) {
         // The library's message never includes the URL's user or password.
@@ -252,14 +259,14 @@ async fn get(flags: &Flags, store: Option<&RedisStore>, refresh: bool) -> std::i
     output::emit(&Get::new(&flags.snapshot(), error, shared(store)))
 }
 
-async fn watch(flags: &Flags, store: Option<&RedisStore>) -> std::io::Result<()> {
+async fn watch(flags: &Flags, store: Option<&RedisStore>, streaming: bool) -> std::io::Result<()> {
     let mut snapshots = flags.subscribe();
     let mut status = flags.status_receiver();
     output::emit(&Event::snapshot(&snapshots.borrow_and_update()))?;
     // The shared state printed last: a change of it alone prints the status again.
     let mut shared_states = store.map(RedisStore::state_receiver);
     let mut shared_shown = shared(store);
-    output::emit(&Event::status(&status.borrow_and_update(), shared_shown))?;
+    output::emit(&Event::status(&status.borrow_and_update(), shared_shown, streaming))?;
     let mut commands = stdin_lines();
     let mut refreshes: JoinSet<Result<_, flagpole::Error>> = JoinSet::new();
     let mut stop = stop_signal()?;
@@ -277,7 +284,7 @@ async fn watch(flags: &Flags, store: Option<&RedisStore>) -> std::io::Result<()>
                 let now = status.borrow_and_update().clone();
                 if now.is_stopped() { break }
                 shared_shown = shared(store);
-                output::emit(&Event::status(&now, shared_shown))?;
+                output::emit(&Event::status(&now, shared_shown, streaming))?;
             }
             Ok(()) = changed(&mut shared_states) => {
                 if shared(store) != shared_shown {
@@ -285,7 +292,7 @@ async fn watch(flags: &Flags, store: Option<&RedisStore>) -> std::io::Result<()>
                     let now = status.borrow_and_update().clone();
                     if now.is_stopped() { break }
                     shared_shown = shared(store);
-                    output::emit(&Event::status(&now, shared_shown))?;
+                    output::emit(&Event::status(&now, shared_shown, streaming))?;
                 }
             }
             Some(done) = refreshes.join_next(), if !refreshes.is_empty() => {
@@ -308,7 +315,7 @@ async fn watch(flags: &Flags, store: Option<&RedisStore>) -> std::io::Result<()>
         }
     }
     flags.shutdown().await;
-    output::emit(&Event::status(&Status::Stopped, shared(store)))
+    output::emit(&Event::status(&Status::Stopped, shared(store), streaming))
 }
 
 /// The next change of the shared store's state; never without a shared store.

@@ -61,6 +61,9 @@ pub(crate) enum Event {
         next_retry_ms: Option<u64>,
         #[serde(skip_serializing_if = "Option::is_none")]
         shared: Shared,
+        /// With --stream only: `off`, `connecting`, `connected` or `unsupported`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        stream: Option<&'static str>,
     },
     Refresh {
         ok: bool,
@@ -78,7 +81,8 @@ impl Event {
         }
     }
 
-    pub(crate) fn status(status: &Status, shared: Shared) -> Self {
+    /// `streaming`: --stream was given, so the line says how the change stream is doing.
+    pub(crate) fn status(status: &Status, shared: Shared, streaming: bool) -> Self {
         let next_retry_ms = match status {
             Status::Stale {
                 next_retry: Some(at),
@@ -91,6 +95,7 @@ impl Event {
             error: status.last_error().map(ToString::to_string),
             next_retry_ms,
             shared,
+            stream: streaming.then(|| status.stream().as_str()),
         }
     }
 
