@@ -19,6 +19,7 @@ use crate::error::Error;
 use crate::parse::{parse, RawFlags};
 use crate::request::{self, StatusClass};
 use crate::snapshot::Source;
+use crate::status::StreamState;
 use crate::transport::{BoxFuture, Response, Transport};
 
 /// What one fetch brought.
@@ -45,13 +46,15 @@ pub(crate) enum Outcome {
 }
 
 /// The fetch of the flag set, conditional on `etag`. Nothing leaves the machine until the
-/// returned future is first polled. `served` is what a failure leaves served (for the span).
+/// returned future is first polled. `served` is what a failure leaves served (for the span), and
+/// `stream` the change stream's state when streaming is on (for the span too).
 pub(crate) fn fetch(
     config: &Config,
     url: &Url,
     transport: &Arc<dyn Transport>,
     etag: Option<&str>,
     served: Source,
+    stream: Option<StreamState>,
 ) -> BoxFuture<'static, Outcome> {
     // Stable field names, documented in the README. Never the URL: it holds the profile id.
     let span = tracing::info_span!(
@@ -62,7 +65,11 @@ pub(crate) fn fetch(
         flags = Empty,
         source = Empty,
         error = Empty,
+        stream = Empty,
     );
+    if let Some(state) = stream {
+        span.record("stream", state.as_str());
+    }
     let had_etag = etag.is_some();
     let send = span.in_scope(|| {
         let request = catch_unwind(AssertUnwindSafe(|| request::build(config, url, etag)))

@@ -118,8 +118,9 @@
 //! | writer | `poller` | the one task that does I/O: event loop, cache load and save, outcomes |
 //! | | `fetch` | one request through the transport into an outcome (parsed flags, 304, error) |
 //! | | `shared` | the publishing hub: the current snapshot for reads, `watch` channels, the layers lock; private fields, methods only |
+//! | | `stream` | streaming clients (feature `stream`): the task that keeps the change stream open, reconnects with backoff and hands each tag heard to the poller (`stream::task`) |
 //! | | `fleet` | shared mode (feature `redis`): `RedisStore`, the lease and the change channel (`fleet::redis`: `lead`, `listen`, `link`, `record`); inert without a shared store |
-//! | edges | `transport` | [`Transport`], [`Request`], [`Response`], [`HttpTransport`], `ScriptedTransport` |
+//! | edges | `transport` | [`Transport`], [`Request`], [`Response`], [`HttpTransport`], `ScriptedTransport`; for streams `Transport::open`, `StreamResponse`, `Chunks`, `ScriptedStream` |
 //! | | `request` | the URL, the headers, `ETag`, `Retry-After`, status classes |
 //! | | `store` | [`Store`], [`FileStore`], [`MemoryStore`], [`CacheRecord`] |
 //! | read model | `flag` | [`Flag`]: a typed flag declared once, with the slot it last resolved to |
@@ -130,7 +131,8 @@
 //! | ground | `config` | [`Client`], [`Distribution`], [`Environment`], the builder's settings, validation into the poller's configuration, the cache key |
 //! | | `defaults` | the `DEFAULT_*` constants and [`USER_AGENT`] |
 //! | | `error` | [`Error`], [`UnknownValue`], the retry policy for HTTP statuses |
-//! | | `parse`, `rollout`, `backoff`, `clock`, `status` | the wire format, MetaMask processing, retry delays, wall time, [`Status`] |
+//! | | `parse`, `rollout`, `backoff`, `clock`, `status` | the wire format, MetaMask processing, retry delays, wall time, [`Status`] and [`StreamState`] |
+//! | | `sse` | Server-Sent Events read incrementally (feature `stream`) |
 //!
 //! The poller's scheduling rules (how a fleet of clients spreads its requests) are in the
 //! `poller::schedule` module and FLEET.md.
@@ -145,7 +147,8 @@
 //! | `test-util` | no | `ScriptedTransport`, canned answers with no sockets, for tests |
 //! | `redis` | no | shared mode: `RedisStore` for `FlagsBuilder::shared_store` |
 //! | `relay` | no | `flagpole::relay`: the Client Config API, a change stream and OFREP over HTTP |
-//! | `cli` | no | the `flagpole` command (`get`, `watch`, `relay`; with `redis` and `relay`) |
+//! | `stream` | no | streaming clients: `FlagsBuilder::stream`, `Transport::open` (no extra dependency) |
+//! | `cli` | no | the `flagpole` command (`get`, `watch`, `relay`; with `redis`, `relay` and `stream`) |
 //!
 //! With no TLS feature the built-in client speaks plain `http` only. Proxies, extra root
 //! certificates and connection pools are set on a `reqwest::Client` given to
@@ -157,9 +160,10 @@
 //! flagpole logs through `tracing`, never with the profile id or the request URL. Each fetch
 //! runs in an `INFO` span named `flagpole.fetch` with the fields `status` (HTTP status, absent
 //! when no response came), `duration_ms`, `bytes` (body length), `flags` (how many were parsed),
-//! `source` (what is served after the fetch: `network`, `cache` or `defaults`) and `error` (on
-//! failure). After a failure, a `DEBUG` event "next flag fetch scheduled" carries `attempt`
-//! (failures in a row) and `delay_ms`. These names are stable.
+//! `source` (what is served after the fetch: `network`, `cache` or `defaults`), `error` (on
+//! failure) and, with streaming on, `stream` (the change stream's state as the fetch starts).
+//! After a failure, a `DEBUG` event "next flag fetch scheduled" carries `attempt` (failures in a
+//! row) and `delay_ms`. These names are stable.
 //!
 //! # Testing your own code
 //!

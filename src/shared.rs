@@ -97,7 +97,7 @@ impl Shared {
     }
 
     /// The change stream's state, kept across status changes.
-    fn stream_state(&self) -> StreamState {
+    pub(crate) fn stream_state(&self) -> StreamState {
         StreamState::from_u8(self.stream.load(Ordering::Acquire))
     }
 

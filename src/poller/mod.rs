@@ -310,7 +310,15 @@ impl Poller {
         // Only the poller changes the remote layer (overrides keep the source), so the source
         // served now is what a failure leaves served.
         let served = self.shared.load().source();
-        let request = fetch(&self.config, &self.url, &self.transport, etag, served);
+        let stream = self.config.stream.then(|| self.shared.stream_state());
+        let request = fetch(
+            &self.config,
+            &self.url,
+            &self.transport,
+            etag,
+            served,
+            stream,
+        );
         let held = Held {
             cache_timestamp: self.remote.as_ref().map_or(0, |r| r.cache_timestamp),
             etag: etag.map(str::to_owned),

@@ -28,14 +28,14 @@ impl Poller {
                 etag,
                 stamped,
             } => {
-                tracing::debug!(flags = flags.len(), "fetched flags");
+                tracing::debug!(flags = flags.len(), stream = %self.shared.stream_state(), "fetched flags");
                 let now = stamped.unwrap_or_else(|| self.config.wall_clock.now_ms());
                 let first = self.remote.is_none();
                 self.remote = Some(self.remote_state(flags, Source::Network, now, etag));
                 Ok(self.succeeded(first))
             }
             Outcome::NotModified { etag, stamped } => {
-                tracing::debug!("flags not modified");
+                tracing::debug!(stream = %self.shared.stream_state(), "flags not modified");
                 let now = stamped.unwrap_or_else(|| self.config.wall_clock.now_ms());
                 if let Some(remote) = &mut self.remote {
                     remote.source = Source::Network;
@@ -206,7 +206,7 @@ impl Poller {
             }
             self.backoff.next_at_cap()
         } else {
-            tracing::warn!(%error, attempt = self.backoff.attempt() + 1, "flag fetch failed; serving the last good flags");
+            tracing::warn!(%error, attempt = self.backoff.attempt() + 1, stream = %self.shared.stream_state(), "flag fetch failed; serving the last good flags");
             self.backoff.next().unwrap_or(self.config.backoff_cap())
         };
         if self.remote.is_some() {

@@ -266,7 +266,11 @@ async fn watch(flags: &Flags, store: Option<&RedisStore>, streaming: bool) -> st
     // The shared state printed last: a change of it alone prints the status again.
     let mut shared_states = store.map(RedisStore::state_receiver);
     let mut shared_shown = shared(store);
-    output::emit(&Event::status(&status.borrow_and_update(), shared_shown, streaming))?;
+    output::emit(&Event::status(
+        &status.borrow_and_update(),
+        shared_shown,
+        streaming,
+    ))?;
     let mut commands = stdin_lines();
     let mut refreshes: JoinSet<Result<_, flagpole::Error>> = JoinSet::new();
     let mut stop = stop_signal()?;
