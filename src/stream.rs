@@ -4,10 +4,9 @@
 //! The task owns only the connection: what to do with a tag (fetch or not, coalesced with the
 //! fetches already planned) is the poller's call. It reports the connection's state in the
 //! status, reconnects with jittered backoff, and treats a silence longer than
-//! [`INACTIVITY`] as a dropped connection (a relay sends a keep-alive every 15 s).
+//! 45 s as a dropped connection (a relay sends a keep-alive every 15 s).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -16,15 +15,6 @@ use crate::config::Config;
 use crate::shared::Shared;
 use crate::status::StreamState;
 use crate::transport::Transport;
-
-/// No byte for this long (no event, no keep-alive): the connection is taken for dead.
-pub(crate) const INACTIVITY: Duration = Duration::from_secs(45);
-/// The first reconnection delay's ceiling; it doubles per failure up to [`RECONNECT_CAP`].
-pub(crate) const RECONNECT_INITIAL: Duration = Duration::from_secs(1);
-pub(crate) const RECONNECT_CAP: Duration = Duration::from_secs(60);
-/// A connection that lasted this long was healthy: the next reconnection starts from the
-/// first delay again. A server that accepts and drops at once keeps backing off instead.
-pub(crate) const HEALTHY: Duration = Duration::from_secs(60);
 
 /// A tag the server announced: the flags it serves now. `None` when the event named none, which
 /// a client can only take as "something changed".

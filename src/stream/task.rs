@@ -9,13 +9,22 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{Heard, HEALTHY, INACTIVITY, RECONNECT_CAP, RECONNECT_INITIAL};
+use super::Heard;
 use crate::backoff::Backoff;
 use crate::error::Error;
 use crate::shared::Shared;
 use crate::sse::{SseEvent, SseParser};
 use crate::status::StreamState;
 use crate::transport::{Request, StreamResponse, Transport};
+
+/// No byte for this long (no event, no keep-alive): the connection is taken for dead.
+pub(super) const INACTIVITY: Duration = Duration::from_secs(45);
+/// The first reconnection delay's ceiling; it doubles per failure up to [`RECONNECT_CAP`].
+pub(super) const RECONNECT_INITIAL: Duration = Duration::from_secs(1);
+pub(super) const RECONNECT_CAP: Duration = Duration::from_secs(60);
+/// A connection that lasted this long was healthy: the next reconnection starts from the
+/// first delay again. A server that accepts and drops at once keeps backing off instead.
+pub(super) const HEALTHY: Duration = Duration::from_secs(60);
 
 pub(super) struct Task {
     pub(super) transport: Arc<dyn Transport>,
