@@ -60,14 +60,7 @@ impl Transport for HttpTransport {
         let client = self.client.clone();
         Box::pin(async move {
             let limit = request.max_body_bytes;
-            let mut response = client
-                .get(request.url)
-                .headers(request.headers)
-                .send()
-                .await
-                .map_err(map_reqwest)?;
-            let status = response.status();
-            let headers = std::mem::take(response.headers_mut());
+            let (status, headers, mut response) = head(&client, request).await?;
             // A declared length over the limit fails before a single body byte is read.
             let declared = headers
                 .get(CONTENT_LENGTH)
@@ -94,14 +87,7 @@ impl Transport for HttpTransport {
     fn open(&self, request: Request) -> BoxFuture<'static, Result<super::StreamResponse, Error>> {
         let client = self.client.clone();
         Box::pin(async move {
-            let mut response = client
-                .get(request.url)
-                .headers(request.headers)
-                .send()
-                .await
-                .map_err(map_reqwest)?;
-            let status = response.status();
-            let headers = std::mem::take(response.headers_mut());
+            let (status, headers, response) = head(&client, request).await?;
             Ok(super::StreamResponse::new(
                 status,
                 headers,
@@ -109,6 +95,22 @@ impl Transport for HttpTransport {
             ))
         })
     }
+}
+
+/// Sends the GET and waits for the status and headers (taken out of the response); the body is
+/// left to read.
+async fn head(
+    client: &reqwest::Client,
+    request: Request,
+) -> Result<(http::StatusCode, http::HeaderMap, reqwest::Response), Error> {
+    let mut response = client
+        .get(request.url)
+        .headers(request.headers)
+        .send()
+        .await
+        .map_err(map_reqwest)?;
+    let headers = std::mem::take(response.headers_mut());
+    Ok((response.status(), headers, response))
 }
 
 pub(super) fn map_reqwest(e: reqwest::Error) -> Error {

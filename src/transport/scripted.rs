@@ -78,10 +78,8 @@ impl ScriptedResponse {
     /// On a header name or value that HTTP does not allow (a bug in the test itself).
     pub fn header(mut self, name: &str, value: &str) -> Self {
         if let Ok(response) = &mut self.outcome {
-            response.headers.append(
-                HeaderName::from_bytes(name.as_bytes()).expect("valid header name"),
-                HeaderValue::from_str(value).expect("valid header value"),
-            );
+            let (name, value) = header(name, value);
+            response.headers.append(name, value);
         }
         self
     }
@@ -91,6 +89,17 @@ impl ScriptedResponse {
         self.delay = delay;
         self
     }
+}
+
+/// A header a test scripted.
+///
+/// # Panics
+/// On a name or value that HTTP does not allow (a bug in the test itself).
+pub(super) fn header(name: &str, value: &str) -> (HeaderName, HeaderValue) {
+    (
+        HeaderName::from_bytes(name.as_bytes()).expect("valid header name"),
+        HeaderValue::from_str(value).expect("valid header value"),
+    )
 }
 
 #[derive(Default)]

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use http::{HeaderMap, StatusCode};
 use tokio::sync::mpsc;
 
 use super::{Chunks, StreamResponse};
@@ -79,10 +79,8 @@ impl ScriptedStream {
     /// On a header name or value that HTTP does not allow (a bug in the test itself).
     pub fn header(mut self, name: &str, value: &str) -> Self {
         if let Ok((_, headers)) = &mut self.outcome {
-            headers.insert(
-                HeaderName::from_bytes(name.as_bytes()).expect("valid header name"),
-                HeaderValue::from_str(value).expect("valid header value"),
-            );
+            let (name, value) = super::scripted::header(name, value);
+            headers.insert(name, value);
         }
         self
     }
