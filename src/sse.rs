@@ -17,6 +17,8 @@ pub(crate) struct SseEvent {
     pub(crate) data: String,
     /// The last `id:` seen on this stream (ids persist across events, per the spec).
     pub(crate) id: Option<String>,
+    /// Whether this event's own lines set `id` (else `id` is an earlier event's).
+    pub(crate) id_here: bool,
 }
 
 /// A line or an event's data outgrew [`MAX_LINE`].
@@ -34,6 +36,7 @@ pub(crate) struct SseParser {
     data: String,
     has_data: bool,
     id: Option<String>,
+    id_here: bool,
 }
 
 impl SseParser {
@@ -101,7 +104,10 @@ impl SseParser {
                 self.data.push('\n');
                 self.has_data = true;
             }
-            "id" if !value.contains('\0') => self.id = Some(value.to_owned()),
+            "id" if !value.contains('\0') => {
+                self.id = Some(value.to_owned());
+                self.id_here = true;
+            }
             // `retry` and unknown fields: the reconnection policy is the client's own.
             _ => {}
         }
@@ -120,6 +126,7 @@ impl SseParser {
                 event,
                 data,
                 id: self.id.clone(),
+                id_here: self.id_here,
             });
         }
         self.reset_event();
@@ -129,6 +136,7 @@ impl SseParser {
         self.event.clear();
         self.data.clear();
         self.has_data = false;
+        self.id_here = false;
     }
 }
 
@@ -150,6 +158,7 @@ mod tests {
         SseEvent {
             event: event.into(),
             data: data.into(),
+            id_here: id.is_some(),
             id: id.map(Into::into),
         }
     }
@@ -177,7 +186,10 @@ mod tests {
             // The event without data is not dispatched, but its id persists.
             [
                 event("message", "a\nb\n", None),
-                event("message", "c", Some("1"))
+                SseEvent {
+                    id_here: false,
+                    ..event("message", "c", Some("1"))
+                }
             ]
         );
         // An id with NUL is ignored; a trailing event without its blank line is not dispatched.

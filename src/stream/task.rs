@@ -72,6 +72,9 @@ impl Task {
                     retry_after,
                 } => (error, connected_for, retry_after),
             };
+            // Waiting to reconnect is "connecting" too: the status must not say "connected"
+            // through the backoff after a drop.
+            self.set(StreamState::Connecting);
             if connected_for.is_some_and(|lasted| lasted >= HEALTHY) {
                 backoff.reset();
             }
@@ -195,7 +198,8 @@ fn dropped(error: Error, connected_for: Option<Duration>) -> End {
 struct Closed;
 
 /// The tag an event announces: a `flags` event (or an unnamed one) names it in its data's
-/// `etag`, else in its `id`. Other events are not about the flags.
+/// `etag`, else in its own `id` line (the `id` an earlier event set is not this event's tag).
+/// Other events are not about the flags.
 fn heard(event: &SseEvent) -> Option<Heard> {
     if event.event != "flags" && event.event != "message" {
         return None;
@@ -203,7 +207,12 @@ fn heard(event: &SseEvent) -> Option<Heard> {
     let from_data = serde_json::from_str::<serde_json::Value>(&event.data)
         .ok()
         .and_then(|v| v.get("etag")?.as_str().map(str::to_owned));
-    let etag = from_data.or_else(|| event.id.clone().filter(|id| !id.is_empty()));
+    let etag = from_data.or_else(|| {
+        event
+            .id
+            .clone()
+            .filter(|id| event.id_here && !id.is_empty())
+    });
     Some(Heard { etag })
 }
 
@@ -215,6 +224,7 @@ mod tests {
         SseEvent {
             event: name.into(),
             data: data.into(),
+            id_here: id.is_some(),
             id: id.map(Into::into),
         }
     }
@@ -236,5 +246,11 @@ mod tests {
         );
         assert_eq!(tag(&event("message", "x", None)), Some(None));
         assert_eq!(tag(&event("ping", "x", Some("1"))), None);
+        // An id left by an earlier event: this one names no tag.
+        let earlier = SseEvent {
+            id_here: false,
+            ..event("flags", "{}", Some("\"b\""))
+        };
+        assert_eq!(tag(&earlier), Some(None));
     }
 }
