@@ -10,11 +10,7 @@
 mod stream_support;
 mod support;
 
-use std::time::Duration;
-
-use flagpole::{
-    Error, Flags, MemoryStore, ScriptedResponse, ScriptedStream, Source, Status, StreamState,
-};
+use flagpole::{Error, Flags, MemoryStore, ScriptedResponse, ScriptedStream, Source, StreamState};
 use stream_support::*;
 use support::{yield_until, GatedStore, OpenOnDrop};
 use tokio::time::{sleep, Instant};
@@ -441,71 +437,3 @@ async fn a_fresh_cache_with_the_tag_announced_makes_no_request() {
 // ---------------------------------------------------------------------------------------------
 // 11: the status follows the connection
 // ---------------------------------------------------------------------------------------------
-
-#[tokio::test(start_paused = true)]
-async fn status_receivers_see_connecting_connected_connecting_while_fresh() {
-    let wire = Wire::new();
-    wire.script.set(flags_v(1, "v1"));
-    // The server takes 5 s to answer the open: the flags are fresh before it is connected.
-    let (stream, feed) = ScriptedStream::events();
-    wire.script.push_stream(stream.delay(secs(5)));
-    let start = Instant::now();
-    let flags = streaming(&wire).build().unwrap();
-
-    // Every status the receiver is woken for, with when.
-    let mut rx = flags.status_receiver();
-    let seen = tokio::spawn(async move {
-        let mut seen = vec![(Duration::ZERO, rx.borrow_and_update().clone())];
-        while rx.changed().await.is_ok() {
-            let status = rx.borrow_and_update().clone();
-            let stopped = status.is_stopped();
-            seen.push((start.elapsed(), status));
-            if stopped {
-                break;
-            }
-        }
-        seen
-    });
-
-    let fresh = wait_status(&flags, "fresh", Status::is_fresh).await;
-    assert_eq!(fresh.stream(), StreamState::Connecting);
-    wait_stream(&flags, StreamState::Connected).await;
-    assert_eq!(start.elapsed(), secs(5));
-    sleep(secs(10)).await;
-    let dropped = Instant::now();
-    drop(feed);
-    let status = wait_stream(&flags, StreamState::Connecting).await;
-    assert_eq!(
-        dropped.elapsed(),
-        Duration::ZERO,
-        "the drop is seen at once"
-    );
-    assert!(status.is_fresh(), "{status:?}");
-    // Reconnecting fails from now on (no stream queued): the state stays "connecting", the
-    // flags stay fresh.
-    sleep(secs(600)).await;
-    assert!(flags.status().is_fresh(), "{:?}", flags.status());
-    assert_eq!(flags.status().stream(), StreamState::Connecting);
-    assert!(wire.opens() > 1, "no reconnection attempt");
-    flags.shutdown().await;
-
-    let seen = within("the status log", secs(1), seen).await.unwrap();
-    let states: Vec<(&str, StreamState)> =
-        seen.iter().map(|(_, s)| (s.as_str(), s.stream())).collect();
-    let first_fresh = states
-        .iter()
-        .position(|(s, _)| *s == "fresh")
-        .expect("fresh seen");
-    assert_eq!(
-        &states[first_fresh..],
-        [
-            ("fresh", StreamState::Connecting),
-            ("fresh", StreamState::Connected),
-            ("fresh", StreamState::Connecting),
-            ("stopped", StreamState::Off),
-        ],
-        "{seen:#?}"
-    );
-    let connected_at = seen[first_fresh + 1].0;
-    assert_eq!(connected_at, secs(5), "{seen:#?}");
-}
