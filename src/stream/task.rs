@@ -41,7 +41,7 @@ enum End {
     /// The server has no change stream: streaming stays off for this handle.
     Unsupported(String),
     Dropped {
-        error: Error,
+        error: Why,
         /// How long it was connected (none when it never was).
         connected_for: Option<Duration>,
         retry_after: Option<Duration>,
@@ -110,9 +110,9 @@ impl Task {
             opened = tokio::time::timeout(timeout, open) => opened,
         };
         let response = match opened {
-            Err(_) => return dropped(Error::Timeout { after: timeout }, None),
+            Err(_) => return dropped(Error::Timeout { after: timeout }.into(), None),
             Ok(Err(error @ Error::Config { .. })) => return End::Unsupported(error.to_string()),
-            Ok(Err(error)) => return dropped(error, None),
+            Ok(Err(error)) => return dropped(error.into(), None),
             Ok(Ok(response)) => response,
         };
         let StreamResponse {
@@ -132,7 +132,8 @@ impl Task {
             return End::Dropped {
                 error: Error::Http {
                     status: status.as_u16(),
-                },
+                }
+                .into(),
                 connected_for: None,
                 retry_after: crate::request::retry_after(status, &headers, now),
             };
@@ -167,13 +168,13 @@ impl Task {
                 chunk = tokio::time::timeout(INACTIVITY, body.next()) => chunk,
             };
             let bytes = match chunk {
-                Err(_) => break Error::Timeout { after: INACTIVITY },
-                Ok(None) => break Error::connect(Closed),
-                Ok(Some(Err(error))) => break error,
+                Err(_) => break Why::Silent,
+                Ok(None) => break Why::Closed,
+                Ok(Some(Err(error))) => break error.into(),
                 Ok(Some(Ok(bytes))) => bytes,
             };
             if let Err(error) = parser.feed(&bytes, &mut events) {
-                break Error::parse(error.to_string());
+                break Error::parse(error.to_string()).into();
             }
             for event in events.drain(..) {
                 if let Some(heard) = heard(&event) {
@@ -185,7 +186,7 @@ impl Task {
     }
 }
 
-fn dropped(error: Error, connected_for: Option<Duration>) -> End {
+fn dropped(error: Why, connected_for: Option<Duration>) -> End {
     End::Dropped {
         error,
         connected_for,
@@ -193,9 +194,16 @@ fn dropped(error: Error, connected_for: Option<Duration>) -> End {
     }
 }
 
+/// Why a stream ended, as logged.
 #[derive(Debug, thiserror::Error)]
-#[error("the server closed the change stream")]
-struct Closed;
+enum Why {
+    #[error(transparent)]
+    Failed(#[from] Error),
+    #[error("the server closed the stream")]
+    Closed,
+    #[error("no event or keep-alive for {INACTIVITY:?}")]
+    Silent,
+}
 
 /// The tag an event announces: a `flags` event (or an unnamed one) names it in its data's
 /// `etag`, else in its own `id` line (the `id` an earlier event set is not this event's tag).
