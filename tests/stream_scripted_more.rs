@@ -91,6 +91,8 @@ async fn a_closed_stream_reconnects_with_equal_jitter_backoff_while_the_server_i
 
 #[tokio::test(start_paused = true)]
 async fn a_server_that_accepts_and_closes_at_once_still_gets_backoff() {
+    let logs = Captured::default();
+    let _capture = logs.install();
     let wire = Wire::new();
     wire.script.set(flags_v(1, "v1"));
     for _ in 0..100 {
@@ -109,11 +111,15 @@ async fn a_server_that_accepts_and_closes_at_once_still_gets_backoff() {
         opens.len()
     );
     assert_eq!(flags.status().stream(), StreamState::Connecting);
+    // Connections that bring no event never end the outage: one warning, not one per attempt.
+    assert_eq!(logs.count("WARN", "change stream"), 1, "{}", logs.text());
     flags.shutdown().await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn the_backoff_starts_over_only_after_a_connection_of_a_minute() {
+    let logs = Captured::default();
+    let _capture = logs.install();
     let wire = Wire::new();
     wire.script.set(flags_v(1, "v1"));
     for _ in 0..4 {
@@ -142,6 +148,11 @@ async fn the_backoff_starts_over_only_after_a_connection_of_a_minute() {
     wait_opens(&wire, 8).await;
     let opens = wire.open_times();
     assert_backoff(&[opens[6] - dropped, opens[7] - opens[6]], 1);
+    // The server ending a stream of a minute is routine (info); the four quick drops and the
+    // 30 s one are failures (one warning per outage).
+    let ended = logs.count("INFO", "ended by the server");
+    let warned = logs.count("WARN", "change stream dropped");
+    assert_eq!((ended, warned), (1, 2), "{}", logs.text());
     flags.shutdown().await;
 }
 

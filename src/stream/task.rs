@@ -51,7 +51,8 @@ enum End {
 impl Task {
     pub(super) async fn run(self) {
         let mut backoff = Backoff::new(RECONNECT_INITIAL, RECONNECT_CAP);
-        // A failure is logged at `warn` once per outage; the retries after it at `debug`.
+        // A failure is logged at `warn` once per outage (until an event arrives or a connection
+        // lasts a minute); the retries after it at `debug`.
         let mut outage_logged = false;
         let mut ever_connected = false;
         loop {
@@ -77,12 +78,22 @@ impl Task {
             self.set(StreamState::Connecting);
             if connected_for.is_some_and(|lasted| lasted >= HEALTHY) {
                 backoff.reset();
+                outage_logged = false;
             }
             let mut delay = backoff.next().unwrap_or(RECONNECT_CAP);
             if let Some(wait) = retry_after {
                 delay = delay.max(wait.min(self.fetch_interval));
             }
-            if std::mem::replace(&mut outage_logged, true) {
+            // Servers and proxies end long streams now and then: routine, not an outage.
+            let routine = matches!(error, Why::Closed)
+                && connected_for.is_some_and(|lasted| lasted >= HEALTHY);
+            if routine {
+                tracing::info!(
+                    stream = "connecting",
+                    delay_ms = delay.as_millis() as u64,
+                    "flag change stream ended by the server; reconnecting"
+                );
+            } else if std::mem::replace(&mut outage_logged, true) {
                 tracing::debug!(stream = "connecting", %error, delay_ms = delay.as_millis() as u64, "flag change stream still down");
             } else {
                 tracing::warn!(stream = "connecting", %error, delay_ms = delay.as_millis() as u64, "flag change stream dropped; polling goes on, reconnecting");
@@ -153,12 +164,11 @@ impl Task {
         }
         let connected_at = Instant::now();
         self.set(StreamState::Connected);
-        if std::mem::replace(outage_logged, false) || !*ever_connected {
+        if !std::mem::replace(ever_connected, true) {
             tracing::info!(stream = "connected", "flag change stream connected");
         } else {
             tracing::debug!(stream = "connected", "flag change stream reconnected");
         }
-        *ever_connected = true;
         let mut parser = SseParser::default();
         let mut events = Vec::new();
         let error = loop {
@@ -178,6 +188,11 @@ impl Task {
             }
             for event in events.drain(..) {
                 if let Some(heard) = heard(&event) {
+                    // An event ends an outage; a server that accepts and drops at once does
+                    // not, so its flapping is one warning, not one per attempt.
+                    if std::mem::replace(outage_logged, false) {
+                        tracing::info!(stream = "connected", "flag change stream back");
+                    }
                     self.heard.send_replace(Some(heard));
                 }
             }
