@@ -111,6 +111,9 @@ pub(crate) struct Poller {
     heard: Option<Heard>,
     /// The next fetch answers a tag heard: a shared record older than it cannot.
     force_next: bool,
+    /// The fetch in flight answers a tag heard, and this was the next poll when it started:
+    /// the poll keeps that time (the stream's fetch was one more, not one of the schedule's).
+    resume: Option<Instant>,
 }
 
 impl Poller {
@@ -151,6 +154,7 @@ impl Poller {
             streamer: Streamer::none(),
             heard: None,
             force_next: false,
+            resume: None,
         }
     }
 
@@ -306,6 +310,7 @@ impl Poller {
 
     fn start_fetch(&mut self) {
         self.next_fetch = None;
+        self.resume = None;
         let etag = self.remote.as_ref().and_then(|r| r.etag.as_deref());
         // Only the poller changes the remote layer (overrides keep the source), so the source
         // served now is what a failure leaves served.

@@ -56,6 +56,7 @@ impl Poller {
         for reply in std::mem::take(&mut self.waiting) {
             let _ = reply.send(result.clone());
         }
+        self.resume = None;
         // Callers who asked during this fetch share the next one.
         self.waiting = std::mem::take(&mut self.queued);
         self.start_if_asked();
@@ -89,7 +90,11 @@ impl Poller {
         match self.retry_window() {
             // The server's `Retry-After` holds for the stream's fetches too: due when it ends.
             Some((at, _)) => self.next_fetch = Some(self.next_fetch.map_or(at, |n| n.min(at))),
-            None => self.start_fetch(),
+            None => {
+                let poll = self.next_fetch;
+                self.start_fetch();
+                self.resume = poll;
+            }
         }
     }
 
@@ -102,12 +107,22 @@ impl Poller {
     /// success it comes in the last `schedule_jitter` part of the interval. In shared mode the
     /// lease spreads the fleet instead: every handle keeps the regular schedule, so the whole
     /// fleet comes due together and one of them fetches.
+    ///
+    /// A fetch for a tag heard on the change stream keeps the poll that was due next: every
+    /// client of a fleet hears a change at the same moment, and scheduling from that moment
+    /// would have the whole fleet poll within the same `schedule_jitter` part of the interval
+    /// from then on (`examples/fleet --stream`, 10,000 clients: peak/mean 10.3 over the interval
+    /// after a change, 7.5 through the outage that follows; 1.28 and 1.43 when the poll keeps its
+    /// time, as without a stream).
     pub(super) fn succeeded(&mut self, first: bool) -> Arc<Snapshot> {
         let (interval, jitter) = (self.config.fetch_interval, self.config.schedule_jitter);
-        let delay = if first && !self.fleet.is_shared() {
-            schedule::steady_wait(interval, jitter, fastrand::f64(), fastrand::f64())
-        } else {
-            schedule::regular(interval, jitter, fastrand::f64())
+        let now = Instant::now();
+        let delay = match self.resume.take().filter(|poll| *poll > now) {
+            Some(poll) if !first => poll - now,
+            _ if first && !self.fleet.is_shared() => {
+                schedule::steady_wait(interval, jitter, fastrand::f64(), fastrand::f64())
+            }
+            _ => schedule::regular(interval, jitter, fastrand::f64()),
         };
         self.settled(delay)
     }

@@ -242,6 +242,7 @@ fn heard(event: &SseEvent) -> Option<Heard> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transport::{BoxFuture, Chunks, Response};
 
     fn event(name: &str, data: &str, id: Option<&str>) -> SseEvent {
         SseEvent {
@@ -275,5 +276,73 @@ mod tests {
             ..event("flags", "{}", Some("\"b\""))
         };
         assert_eq!(tag(&earlier), Some(None));
+    }
+
+    /// Each open answers a stream whose feed the test holds.
+    struct Feeds(
+        tokio::sync::mpsc::UnboundedSender<tokio::sync::mpsc::Sender<Result<Vec<u8>, Error>>>,
+    );
+
+    impl Transport for Feeds {
+        fn send(
+            &self,
+            _: crate::transport::Request,
+        ) -> BoxFuture<'static, Result<Response, Error>> {
+            Box::pin(std::future::pending())
+        }
+
+        fn open(
+            &self,
+            _: crate::transport::Request,
+        ) -> BoxFuture<'static, Result<StreamResponse, Error>> {
+            let (feed, body) = Chunks::channel(8);
+            let _ = self.0.send(feed);
+            let mut headers = http::HeaderMap::new();
+            headers.insert(
+                CONTENT_TYPE,
+                http::HeaderValue::from_static("text/event-stream"),
+            );
+            Box::pin(async move { Ok(StreamResponse::new(StatusCode::OK, headers, body)) })
+        }
+    }
+
+    /// The state says `Connecting` from the moment the stream drops, through the backoff's
+    /// delay, not only once the next attempt starts (found on the wire: handles reported
+    /// `Connected` for 0.5 to 1 s after a relay had closed their streams).
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_stream_is_connecting_while_it_waits_to_reconnect() {
+        use crate::layers::Layers;
+        use crate::status::Status;
+
+        let (feeds, mut opened) = tokio::sync::mpsc::unbounded_channel();
+        let shared = Arc::new(Shared::new(
+            Layers::new(Default::default(), Default::default()),
+            Status::fresh(),
+        ));
+        let token = CancellationToken::new();
+        let url = url::Url::parse("http://relay.test/v1/flags/stream").unwrap();
+        let task = Task {
+            transport: Arc::new(Feeds(feeds)),
+            request: crate::transport::Request::new(url),
+            shared: Arc::clone(&shared),
+            token: token.clone(),
+            heard: watch::channel(None).0,
+            fetch_interval: Duration::from_secs(3600),
+        };
+        let run = tokio::spawn(task.run());
+        let feed = opened.recv().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(shared.status().stream(), StreamState::Connected);
+
+        drop(feed);
+        // The first reconnection waits 0.5 to 1 s.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(shared.status().stream(), StreamState::Connecting);
+        assert!(opened.try_recv().is_err(), "reconnected before the delay");
+        let _again = opened.recv().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(shared.status().stream(), StreamState::Connected);
+        token.cancel();
+        run.await.unwrap();
     }
 }

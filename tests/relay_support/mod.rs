@@ -311,3 +311,9 @@ pub async fn read_response(stream: &mut TcpStream) -> std::io::Result<(u16, Stri
 pub async fn json_of(response: reqwest::Response) -> Value {
     serde_json::from_slice(&response.bytes().await.unwrap()).unwrap()
 }
+
+/// `/v1/flags` requests answered with `status` in a scrape.
+pub fn flags_answers(scrape: &str, status: u16) -> f64 {
+    let name = format!(r#"flagpole_relay_requests_total{{route="flags",status="{status}"}}"#);
+    metric(scrape, &name).unwrap_or(0.0)
+}

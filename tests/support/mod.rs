@@ -167,6 +167,15 @@ impl Transport for Recorder {
             result
         })
     }
+
+    /// Opens go to the script as they are: `ScriptedTransport` records them itself.
+    #[cfg(feature = "stream")]
+    fn open(
+        &self,
+        request: flagpole::Request,
+    ) -> BoxFuture<'static, Result<flagpole::StreamResponse, Error>> {
+        self.inner.open(request)
+    }
 }
 
 /// Log lines of the current thread, for asserting on warnings.
