@@ -229,7 +229,12 @@ impl Poller {
             // would only multiply a failing API's load by the size of the fleet. The fast backoff
             // is for a client that has nothing but defaults.
             let (interval, jitter) = (self.config.fetch_interval, self.config.schedule_jitter);
-            delay = schedule::regular(interval, jitter, fastrand::f64());
+            let now = Instant::now();
+            // A failed fetch for a tag heard keeps the poll due too, as a successful one does.
+            delay = match self.resume.take().filter(|poll| *poll > now) {
+                Some(poll) => poll - now,
+                None => schedule::regular(interval, jitter, fastrand::f64()),
+            };
         }
         if let Some(wait) = retry_after {
             let wait = wait.min(self.config.fetch_interval);
