@@ -53,12 +53,7 @@ async fn a_closed_stream_reconnects_with_equal_jitter_backoff_while_the_server_i
     let logs = Captured::default();
     let _capture = logs.install();
     let wire = Wire::new();
-    wire.script.set(flags_v(1, "v1"));
-    let (stream, feed) = ScriptedStream::events();
-    wire.script.push_stream(stream);
-    let flags = streaming(&wire).profile_id(PROFILE).build().unwrap();
-    settle(&flags).await;
-    wait_stream(&flags, StreamState::Connected).await;
+    let (flags, feed) = connected_with(&wire, |b| b.profile_id(PROFILE)).await;
 
     // The server closes the stream, and refuses connections for the next ten minutes.
     let down = Instant::now();
@@ -190,12 +185,7 @@ async fn a_silent_stream_is_reopened_after_45_seconds() {
 #[tokio::test(start_paused = true)]
 async fn keep_alives_hold_the_stream_open_and_the_timer_counts_from_the_last_byte() {
     let wire = Wire::new();
-    wire.script.set(flags_v(1, "v1"));
-    let (stream, feed) = ScriptedStream::events();
-    wire.script.push_stream(stream);
-    let flags = streaming(&wire).build().unwrap();
-    settle(&flags).await;
-    wait_stream(&flags, StreamState::Connected).await;
+    let (flags, feed) = connected_with(&wire, |b| b).await;
 
     // Five minutes of keep-alives every 15 s: never reopened.
     keep_alive_for(&feed, secs(300)).await;
@@ -379,12 +369,7 @@ async fn shutdown_closes(flags: &Flags, feed: &StreamFeed) {
 #[tokio::test(start_paused = true)]
 async fn shutdown_closes_the_stream_at_once() {
     let wire = Wire::new();
-    wire.script.set(flags_v(1, "v1"));
-    let (stream, feed) = ScriptedStream::events();
-    wire.script.push_stream(stream);
-    let flags = streaming(&wire).build().unwrap();
-    settle(&flags).await;
-    wait_stream(&flags, StreamState::Connected).await;
+    let (flags, feed) = connected_with(&wire, |b| b).await;
     shutdown_closes(&flags, &feed).await;
     sleep(HOUR).await;
     assert_eq!(wire.opens(), 1, "a stream opened after shutdown");

@@ -91,6 +91,21 @@ pub fn streaming(wire: &Wire) -> FlagsBuilder {
         .fetch_interval(HOUR)
 }
 
+/// A handle built from `builder` (polling every hour, see [`streaming`]) on `wire`, which serves
+/// v1 from now on, once its stream is connected: the handle and the stream's feed.
+pub async fn connected_with(
+    wire: &Wire,
+    builder: impl FnOnce(FlagsBuilder) -> FlagsBuilder,
+) -> (Flags, flagpole::StreamFeed) {
+    wire.script.set(flags_v(1, "v1"));
+    let (stream, feed) = flagpole::ScriptedStream::events();
+    wire.script.push_stream(stream);
+    let flags = builder(streaming(wire)).build().unwrap();
+    settle(&flags).await;
+    wait_stream(&flags, StreamState::Connected).await;
+    (flags, feed)
+}
+
 /// Waits for the first flags, then refreshes once: the next scheduled fetch is then the regular
 /// one, at least 90% of the interval away (after the first fetch it is drawn anywhere in the
 /// interval, which would make request counts over a window a matter of luck).
