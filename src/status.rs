@@ -27,16 +27,19 @@ use crate::error::Error;
 pub enum Status {
     /// No fetch has finished since the start (or since remote flags were enabled again);
     /// defaults or a stale cache are served meanwhile.
+    #[non_exhaustive]
     Initializing {
         /// The change stream, when [`stream`](crate::FlagsBuilder::stream) is on.
         stream: StreamState,
     },
     /// The last fetch succeeded, or a fresh cache was loaded.
+    #[non_exhaustive]
     Fresh {
         /// The change stream, when [`stream`](crate::FlagsBuilder::stream) is on.
         stream: StreamState,
     },
     /// The last fetch failed; the last good flags (or defaults) are still served.
+    #[non_exhaustive]
     Stale {
         /// When the failures began (the first failure since the last success).
         since: Instant,

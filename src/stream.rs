@@ -29,6 +29,7 @@ pub(crate) struct Streamer {
     heard: Option<watch::Receiver<Option<Heard>>>,
     token: Option<CancellationToken>,
     shared: Option<Arc<Shared>>,
+    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Streamer {
@@ -38,6 +39,7 @@ impl Streamer {
             heard: None,
             token: None,
             shared: None,
+            task: None,
         }
     }
 
@@ -62,15 +64,26 @@ impl Streamer {
                 fetch_interval: config.fetch_interval,
             };
             shared.set_stream(StreamState::Connecting, Some(&token));
-            tokio::spawn(task.run());
             return Streamer {
                 heard: Some(rx),
                 token: Some(token),
                 shared: Some(Arc::clone(shared)),
+                task: Some(tokio::spawn(task.run())),
             };
         }
         let _ = (config, transport, shared, parent);
         Streamer::none()
+    }
+
+    /// Closes the stream and waits until its task has let the connection go (it does at once:
+    /// every await in it gives way to the cancellation).
+    pub(crate) async fn close(mut self) {
+        if let Some(token) = &self.token {
+            token.cancel();
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
     }
 
     /// The next tag heard (the latest, when several came since the last call); never, without

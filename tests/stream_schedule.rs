@@ -24,25 +24,39 @@ async fn until(limit: Duration, done: impl Fn() -> bool) {
 /// from its stream fetch, the whole fleet would poll together from then on.
 #[tokio::test(start_paused = true)]
 async fn a_fetch_for_a_heard_tag_leaves_the_next_poll_where_it_was() {
-    let v2 = ScriptedResponse::json(&json!([{"v": 2}])).header("etag", "\"v2\"");
-    poll_keeps_its_time(v2, Some(2)).await;
+    poll_keeps_its_time(vec![v2()]).await;
 }
 
-/// The same when that fetch fails: the whole fleet's fetches failing at once must not bunch it.
+/// The same when that fetch fails, and the tag is fetched again within a second or so (with
+/// backoff, not at the next poll): the whole fleet's fetches failing at once must not bunch it.
 #[tokio::test(start_paused = true)]
-async fn a_failed_fetch_for_a_heard_tag_leaves_the_next_poll_where_it_was() {
-    poll_keeps_its_time(ScriptedResponse::status(503), Some(1)).await;
+async fn a_failed_fetch_for_a_heard_tag_is_retried_and_leaves_the_next_poll_where_it_was() {
+    poll_keeps_its_time(vec![ScriptedResponse::status(503), v2()]).await;
 }
 
-/// The fetch for a heard tag is answered `answer`, after which `v` is served.
-async fn poll_keeps_its_time(answer: ScriptedResponse, v: Option<i64>) {
+/// A lagging replica answers the old flags (304) first: fetched again until the tag comes.
+#[tokio::test(start_paused = true)]
+async fn old_flags_for_a_heard_tag_are_fetched_again_until_the_tag_comes() {
+    poll_keeps_its_time(vec![ScriptedResponse::status(304), v2()]).await;
+}
+
+fn v2() -> ScriptedResponse {
+    ScriptedResponse::json(&json!([{"v": 2}])).header("etag", "\"v2\"")
+}
+
+/// The fetches for a heard tag are answered `answers` (the last brings it, at most a few seconds
+/// after the tag was heard), and the next poll comes when it was due.
+async fn poll_keeps_its_time(answers: Vec<ScriptedResponse>) {
+    let for_tag = answers.len();
     let interval = Duration::from_secs(100);
     let transport = ScriptedTransport::new();
     transport
         .push(ScriptedResponse::json(&json!([{"v": 1}])).header("etag", "\"v1\""))
-        .push(ScriptedResponse::status(304))
-        .push(answer)
         .push(ScriptedResponse::status(304));
+    for answer in answers {
+        transport.push(answer);
+    }
+    transport.push(ScriptedResponse::status(304));
     let (stream, feed) = ScriptedStream::events();
     transport.push_stream(stream);
     // A keep-alive every 15 s, as a relay sends: 45 s of silence would drop the stream.
@@ -68,19 +82,67 @@ async fn poll_keeps_its_time(answer: ScriptedResponse, v: Option<i64>) {
 
     tokio::time::sleep_until(polled + Duration::from_secs(30)).await;
     assert!(feed.send("event: flags\nid: \"v2\"\ndata: {\"etag\":\"\\\"v2\\\"\"}\n\n"));
-    until(Duration::from_secs(1), || recorder.count() == 3).await;
-    tokio::time::sleep(Duration::from_millis(1)).await;
-    assert_eq!(flags.get_i64("v"), v);
+    until(Duration::from_secs(5), || flags.get_i64("v") == Some(2)).await;
+    assert_eq!(recorder.count(), 2 + for_tag);
+    let heard_at = polled + Duration::from_secs(30);
+    if for_tag > 1 {
+        // The retry came after the backoff's first step, [0.5 s, 1 s].
+        let gap = recorder.times()[3] - recorder.times()[2];
+        assert!(
+            gap >= Duration::from_millis(500) && gap <= Duration::from_millis(1001),
+            "{gap:?}"
+        );
+    }
 
     tokio::time::sleep_until(polled + interval + Duration::from_millis(1)).await;
     let times = recorder.times();
-    assert_eq!(times.len(), 4, "no poll when it was due");
     assert_eq!(
-        times[3] - polled,
+        times.len(),
+        3 + for_tag,
+        "no poll when it was due, or more fetches: {times:?}"
+    );
+    assert_eq!(
+        times[2 + for_tag] - polled,
         interval,
         "the poll after the stream's fetch moved"
     );
+    assert!(times[2] - heard_at < Duration::from_millis(10));
     assert_eq!(transport.stream_count(), 1);
     assert!(flags.status().is_fresh(), "{:?}", flags.status());
+    flags.shutdown().await;
+}
+
+/// A server whose flags never carry the tag its stream names (a proxy that rewrites tags, say):
+/// the tag is fetched a few times with backoff, then let go until the stream names one again.
+#[tokio::test(start_paused = true)]
+async fn a_tag_the_flags_never_carry_is_let_go_after_a_few_fetches() {
+    let transport = ScriptedTransport::new();
+    transport.push(ScriptedResponse::json(&json!([{"v": 1}])).header("etag", "\"v1\""));
+    transport.push(ScriptedResponse::status(304));
+    let (stream, feed) = ScriptedStream::events();
+    transport.push_stream(stream);
+    let keep_alive = feed.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(15)).await;
+            keep_alive.send(": keep-alive\n\n");
+        }
+    });
+    let recorder = Recorder::new(&transport);
+    let flags = Flags::builder()
+        .transport(recorder.clone())
+        .fetch_interval(Duration::from_secs(24 * 3600))
+        .stream(true)
+        .build()
+        .unwrap();
+    until(Duration::from_secs(5), || flags.get_i64("v") == Some(1)).await;
+    flags.refresh().await.unwrap();
+    let before = recorder.count();
+    assert!(feed.send("event: flags\nid: \"other\"\ndata: {}\n\n"));
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    // The first fetch and three retries (1 s, 2 s, 4 s ceilings), then nothing for the hour.
+    let times = recorder.times();
+    assert_eq!(times.len() - before, 4, "{times:?}");
+    assert!(times[times.len() - 1] - times[before] < Duration::from_secs(8));
     flags.shutdown().await;
 }

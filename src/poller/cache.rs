@@ -45,9 +45,7 @@ impl Poller {
         if std::mem::take(&mut self.starting) {
             self.started();
             // A tag heard while the store loaded: a fresh cache may not hold it.
-            if let Some(heard) = self.heard.take() {
-                self.heard(heard);
-            }
+            self.fetch_wanted();
         } else if adopted && self.enabled {
             self.publish_remote();
         }

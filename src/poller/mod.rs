@@ -8,6 +8,7 @@ mod cache;
 mod outcome;
 mod persist;
 mod schedule;
+mod wanted;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -67,6 +68,8 @@ enum Event {
     Announced(Arc<CacheRecord>),
     /// The change stream announced a tag.
     Heard(Heard),
+    /// Time to try again for a tag heard that a fetch did not bring.
+    WantedRetry,
     RetryLoad,
     WallCheck,
 }
@@ -107,10 +110,8 @@ pub(crate) struct Poller {
     announcements: Announcements,
     /// The server's change stream, followed while remote flags are on (when asked for).
     streamer: Streamer,
-    /// A tag heard while a fetch ran or the store loaded: looked at again when they end.
-    heard: Option<Heard>,
-    /// The next fetch answers a tag heard: a shared record older than it cannot.
-    force_next: bool,
+    /// A tag heard on the stream that the flags held do not carry yet.
+    wanted: Option<wanted::Wanted>,
     /// The fetch in flight answers a tag heard, and this was the next poll when it started:
     /// the poll keeps that time (the stream's fetch was one more, not one of the schedule's).
     resume: Option<Instant>,
@@ -152,8 +153,7 @@ impl Poller {
             fleet,
             announcements: Announcements::none(),
             streamer: Streamer::none(),
-            heard: None,
-            force_next: false,
+            wanted: None,
             resume: None,
         }
     }
@@ -178,6 +178,7 @@ impl Poller {
                 .filter(|_| self.enabled && self.in_flight.is_none());
             let retry_load = self.persist.retry_at();
             let wall_check = self.wall_check_at();
+            let wanted_retry = self.wanted_retry_at();
             let event = tokio::select! {
                 biased;
                 () = self.token.cancelled() => Event::Cancelled,
@@ -189,6 +190,7 @@ impl Poller {
                 heard = self.streamer.next() => Event::Heard(heard),
                 () = sleep_until(retry_load) => Event::RetryLoad,
                 () = sleep_until(wall_check) => Event::WallCheck,
+                () = sleep_until(wanted_retry) => Event::WantedRetry,
             };
             match event {
                 Event::Cancelled | Event::Command(None) => break,
@@ -219,6 +221,7 @@ impl Poller {
                 },
                 Event::Announced(record) => self.announced(&record),
                 Event::Heard(heard) => self.heard(heard),
+                Event::WantedRetry => self.retry_wanted(),
                 Event::RetryLoad => {
                     self.persist.load();
                 }
@@ -229,6 +232,10 @@ impl Poller {
                 self.persist.save(record, self.fetches);
             }
         }
+        // The stream's connection is closed before the poller is reported stopped.
+        std::mem::replace(&mut self.streamer, Streamer::none())
+            .close()
+            .await;
     }
 
     fn apply(&mut self, command: Command) {
@@ -287,7 +294,8 @@ impl Poller {
             // connection stays open.
             self.announcements = Announcements::none();
             self.streamer = Streamer::none();
-            self.heard = None;
+            self.wanted = None;
+            self.resume = None;
             self.answer_callers(&Error::Disabled);
             self.next_fetch = None;
             self.fresh_after_save = None;
@@ -331,9 +339,8 @@ impl Poller {
         };
         // Callers waiting, or a tag heard: a record older than the call (or the tag) cannot
         // answer them.
-        let force = !self.waiting.is_empty() || std::mem::take(&mut self.force_next);
-        // This fetch covers every tag heard before it.
-        self.heard = None;
+        let for_tag = self.asking_for_wanted();
+        let force = for_tag || !self.waiting.is_empty();
         self.in_flight = Some(self.fleet.fetch(held, force, request));
     }
 

@@ -12,7 +12,6 @@ use crate::fetch::Outcome;
 use crate::snapshot::{Snapshot, Source};
 use crate::status::Status;
 use crate::store::CacheRecord;
-use crate::stream::Heard;
 
 impl Poller {
     pub(super) fn finish(&mut self, outcome: Outcome) {
@@ -57,44 +56,14 @@ impl Poller {
             let _ = reply.send(result.clone());
         }
         self.resume = None;
+        // A tag heard on the stream that this fetch did not bring: fetched next, or later.
+        self.after_fetch_for_wanted(result.is_ok());
         // Callers who asked during this fetch share the next one.
         self.waiting = std::mem::take(&mut self.queued);
         self.start_if_asked();
         // An announcement that came while this fetch ran was set aside: a newer record counts.
         if let Some(record) = self.announcements.latest() {
             self.announced(&record);
-        }
-        // So was a tag heard meanwhile: fetched now if it is not the one this fetch brought.
-        if let Some(heard) = self.heard.take() {
-            self.heard(heard);
-        }
-    }
-
-    /// A tag heard on the change stream: fetched at once when it is not the tag held. A fetch
-    /// in flight (or the first load of the store) takes it up when it ends, so tags heard in a
-    /// burst make one fetch, and a tag never makes more than one.
-    pub(super) fn heard(&mut self, heard: Heard) {
-        let held = self.remote.as_ref().and_then(|r| r.etag.as_deref());
-        if !self.enabled || !crate::stream::differs(&heard, held) {
-            return;
-        }
-        if self.in_flight.is_some() || self.starting {
-            self.heard = Some(heard);
-            return;
-        }
-        tracing::debug!(
-            stream = "connected",
-            "the change stream announced new flags; fetching"
-        );
-        self.force_next = true;
-        match self.retry_window() {
-            // The server's `Retry-After` holds for the stream's fetches too: due when it ends.
-            Some((at, _)) => self.next_fetch = Some(self.next_fetch.map_or(at, |n| n.min(at))),
-            None => {
-                let poll = self.next_fetch;
-                self.start_fetch();
-                self.resume = poll;
-            }
         }
     }
 

@@ -63,7 +63,7 @@ impl Task {
             {
                 End::Cancelled => return,
                 End::Unsupported(reason) => {
-                    tracing::warn!(stream = "unsupported", %reason, "the flag service has no change stream; polling only");
+                    tracing::warn!(stream = "unsupported", %reason, "the flag service has no change stream (or the transport cannot open one); polling only");
                     self.set(StreamState::Unsupported);
                     return;
                 }
@@ -96,7 +96,11 @@ impl Task {
             } else if std::mem::replace(&mut outage_logged, true) {
                 tracing::debug!(stream = "connecting", %error, delay_ms = delay.as_millis() as u64, "flag change stream still down");
             } else {
-                tracing::warn!(stream = "connecting", %error, delay_ms = delay.as_millis() as u64, "flag change stream dropped; polling goes on, reconnecting");
+                if connected_for.is_some() {
+                    tracing::warn!(stream = "connecting", %error, delay_ms = delay.as_millis() as u64, "flag change stream dropped; polling goes on, reconnecting");
+                } else {
+                    tracing::warn!(stream = "connecting", %error, delay_ms = delay.as_millis() as u64, "flag change stream could not be opened; polling goes on, retrying");
+                }
             }
             tokio::select! {
                 biased;
@@ -220,9 +224,9 @@ enum Why {
     Silent,
 }
 
-/// The tag an event announces: a `flags` event (or an unnamed one) names it in its data's
-/// `etag`, else in its own `id` line (the `id` an earlier event set is not this event's tag).
-/// Other events are not about the flags.
+/// The tag an event announces: a `flags` event (or an unnamed one with a tag) names it in its
+/// data's `etag`, else in its own `id` line (the `id` an earlier event set is not this event's
+/// tag). Other events are not about the flags.
 fn heard(event: &SseEvent) -> Option<Heard> {
     if event.event != "flags" && event.event != "message" {
         return None;
@@ -236,6 +240,11 @@ fn heard(event: &SseEvent) -> Option<Heard> {
             .clone()
             .filter(|id| event.id_here && !id.is_empty())
     });
+    // An unnamed event without a tag says nothing about the flags: a generic server's
+    // `data: ping` must not make a fetch each time.
+    if etag.is_none() && event.event != "flags" {
+        return None;
+    }
     Some(Heard { etag })
 }
 
@@ -268,7 +277,12 @@ mod tests {
             tag(&event("flags", "changed", Some("\"b\""))),
             Some(Some("\"b\"".into()))
         );
-        assert_eq!(tag(&event("message", "x", None)), Some(None));
+        assert_eq!(tag(&event("message", "x", None)), None);
+        assert_eq!(tag(&event("flags", "x", None)), Some(None));
+        assert_eq!(
+            tag(&event("message", "x", Some("\"c\""))),
+            Some(Some("\"c\"".into()))
+        );
         assert_eq!(tag(&event("ping", "x", Some("1"))), None);
         // An id left by an earlier event: this one names no tag.
         let earlier = SseEvent {

@@ -34,8 +34,8 @@ pub struct ScriptedStream {
     delay: Duration,
 }
 
-/// The server's end of a [`ScriptedStream::events`] body. Dropping it ends the body (the server
-/// closed the stream).
+/// The server's end of a [`ScriptedStream::events`] body. Dropping it (every clone of it) ends
+/// the body: the server closed the stream.
 #[derive(Debug, Clone)]
 pub struct StreamFeed {
     tx: mpsc::Sender<Result<Vec<u8>, Error>>,
@@ -108,7 +108,7 @@ impl ScriptedStream {
 
 impl StreamFeed {
     /// Sends bytes of the body (SSE text: `"event: flags\ndata: ..\n\n"`, `": keep-alive\n\n"`).
-    /// False once the client has closed the stream.
+    /// False once the client has closed the stream, or when 1,024 chunks wait unread.
     pub fn send(&self, text: &str) -> bool {
         self.tx.try_send(Ok(text.as_bytes().to_vec())).is_ok()
     }
