@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use flagpole::{Flags, ScriptedResponse, ScriptedStream, ScriptedTransport};
+use flagpole::{Flags, ScriptedResponse, ScriptedStream, ScriptedTransport, StreamFeed};
 use serde_json::json;
 use support::Recorder;
 use tokio::time::Instant;
@@ -40,6 +40,21 @@ async fn old_flags_for_a_heard_tag_are_fetched_again_until_the_tag_comes() {
     poll_keeps_its_time(vec![ScriptedResponse::status(304), v2()]).await;
 }
 
+/// A stream on `transport` that gets a keep-alive every 15 s, as a relay sends (45 s of silence
+/// would drop it), and a recorder of the flags requests: the recorder and the stream's feed.
+fn recorded_stream(transport: &ScriptedTransport) -> (Recorder, StreamFeed) {
+    let (stream, feed) = ScriptedStream::events();
+    transport.push_stream(stream);
+    let keep_alive = feed.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(15)).await;
+            keep_alive.send(": keep-alive\n\n");
+        }
+    });
+    (Recorder::new(transport), feed)
+}
+
 fn v2() -> ScriptedResponse {
     ScriptedResponse::json(&json!([{"v": 2}])).header("etag", "\"v2\"")
 }
@@ -57,17 +72,7 @@ async fn poll_keeps_its_time(answers: Vec<ScriptedResponse>) {
         transport.push(answer);
     }
     transport.push(ScriptedResponse::status(304));
-    let (stream, feed) = ScriptedStream::events();
-    transport.push_stream(stream);
-    // A keep-alive every 15 s, as a relay sends: 45 s of silence would drop the stream.
-    let keep_alive = feed.clone();
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_secs(15)).await;
-            keep_alive.send(": keep-alive\n\n");
-        }
-    });
-    let recorder = Recorder::new(&transport);
+    let (recorder, feed) = recorded_stream(&transport);
     let flags = Flags::builder()
         .transport(recorder.clone())
         .fetch_interval(interval)
@@ -119,16 +124,7 @@ async fn a_tag_the_flags_never_carry_is_let_go_after_a_few_fetches() {
     let transport = ScriptedTransport::new();
     transport.push(ScriptedResponse::json(&json!([{"v": 1}])).header("etag", "\"v1\""));
     transport.push(ScriptedResponse::status(304));
-    let (stream, feed) = ScriptedStream::events();
-    transport.push_stream(stream);
-    let keep_alive = feed.clone();
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_secs(15)).await;
-            keep_alive.send(": keep-alive\n\n");
-        }
-    });
-    let recorder = Recorder::new(&transport);
+    let (recorder, feed) = recorded_stream(&transport);
     let flags = Flags::builder()
         .transport(recorder.clone())
         .fetch_interval(Duration::from_secs(24 * 3600))
