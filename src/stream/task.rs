@@ -23,7 +23,9 @@ pub(super) const INACTIVITY: Duration = Duration::from_secs(45);
 pub(super) const RECONNECT_INITIAL: Duration = Duration::from_secs(1);
 pub(super) const RECONNECT_CAP: Duration = Duration::from_secs(60);
 /// A connection that lasted this long was healthy: the next reconnection starts from the
-/// first delay again. A server that accepts and drops at once keeps backing off instead.
+/// first delay again. So was one that sent anything after its first event (a proxy that cuts
+/// streams every 30 s despite keep-alives is routine); a server that accepts and drops at once,
+/// with or without an event, keeps backing off instead.
 pub(super) const HEALTHY: Duration = Duration::from_secs(60);
 
 pub(super) struct Task {
@@ -44,6 +46,8 @@ enum End {
         error: Why,
         /// How long it was connected (none when it never was).
         connected_for: Option<Duration>,
+        /// It worked: it lasted [`HEALTHY`], or sent more after its first event.
+        healthy: bool,
         retry_after: Option<Duration>,
     },
 }
@@ -57,7 +61,7 @@ impl Task {
         let mut ever_connected = false;
         loop {
             self.set(StreamState::Connecting);
-            let (error, connected_for, retry_after) = match self
+            let (error, connected_for, healthy, retry_after) = match self
                 .connection(&mut outage_logged, &mut ever_connected)
                 .await
             {
@@ -70,13 +74,14 @@ impl Task {
                 End::Dropped {
                     error,
                     connected_for,
+                    healthy,
                     retry_after,
-                } => (error, connected_for, retry_after),
+                } => (error, connected_for, healthy, retry_after),
             };
             // Waiting to reconnect is "connecting" too: the status must not say "connected"
             // through the backoff after a drop.
             self.set(StreamState::Connecting);
-            if connected_for.is_some_and(|lasted| lasted >= HEALTHY) {
+            if healthy {
                 backoff.reset();
                 outage_logged = false;
             }
@@ -85,8 +90,7 @@ impl Task {
                 delay = delay.max(wait.min(self.fetch_interval));
             }
             // Servers and proxies end long streams now and then: routine, not an outage.
-            let routine = matches!(error, Why::Closed)
-                && connected_for.is_some_and(|lasted| lasted >= HEALTHY);
+            let routine = matches!(error, Why::Closed) && healthy;
             if routine {
                 tracing::info!(
                     stream = "connecting",
@@ -125,9 +129,9 @@ impl Task {
             opened = tokio::time::timeout(timeout, open) => opened,
         };
         let response = match opened {
-            Err(_) => return dropped(Error::Timeout { after: timeout }.into(), None),
+            Err(_) => return not_opened(Error::Timeout { after: timeout }.into()),
             Ok(Err(error @ Error::Config { .. })) => return End::Unsupported(error.to_string()),
-            Ok(Err(error)) => return dropped(error.into(), None),
+            Ok(Err(error)) => return not_opened(error.into()),
             Ok(Ok(response)) => response,
         };
         let StreamResponse {
@@ -150,6 +154,7 @@ impl Task {
                 }
                 .into(),
                 connected_for: None,
+                healthy: false,
                 retry_after: crate::request::retry_after(status, &headers, now),
             };
         }
@@ -175,6 +180,8 @@ impl Task {
         }
         let mut parser = SseParser::default();
         let mut events = Vec::new();
+        // An event came, and then more (an event or a keep-alive): the stream works.
+        let (mut heard_one, mut proven) = (false, false);
         let error = loop {
             let chunk = tokio::select! {
                 biased;
@@ -187,6 +194,7 @@ impl Task {
                 Ok(Some(Err(error))) => break error.into(),
                 Ok(Some(Ok(bytes))) => bytes,
             };
+            proven |= heard_one;
             if let Err(error) = parser.feed(&bytes, &mut events) {
                 break Error::parse(error.to_string()).into();
             }
@@ -198,17 +206,26 @@ impl Task {
                         tracing::info!(stream = "connected", "flag change stream back");
                     }
                     self.heard.send_replace(Some(heard));
+                    heard_one = true;
                 }
             }
         };
-        dropped(error, Some(connected_at.elapsed()))
+        let lasted = connected_at.elapsed();
+        End::Dropped {
+            error,
+            connected_for: Some(lasted),
+            healthy: proven || lasted >= HEALTHY,
+            retry_after: None,
+        }
     }
 }
 
-fn dropped(error: Why, connected_for: Option<Duration>) -> End {
+/// An open that failed before the stream connected.
+fn not_opened(error: Why) -> End {
     End::Dropped {
         error,
-        connected_for,
+        connected_for: None,
+        healthy: false,
         retry_after: None,
     }
 }
@@ -356,6 +373,64 @@ mod tests {
         let _again = opened.recv().await.unwrap();
         tokio::time::sleep(Duration::from_millis(1)).await;
         assert_eq!(shared.status().stream(), StreamState::Connected);
+        token.cancel();
+        run.await.unwrap();
+    }
+
+    /// The backoff starts over after a connection that sent anything after its first event,
+    /// and not after one that dropped right after it.
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_that_worked_starts_the_backoff_over() {
+        use crate::layers::Layers;
+        use crate::status::Status;
+
+        let (feeds, mut opened) = tokio::sync::mpsc::unbounded_channel();
+        let shared = Arc::new(Shared::new(
+            Layers::new(Default::default(), Default::default()),
+            Status::fresh(),
+        ));
+        let token = CancellationToken::new();
+        let url = url::Url::parse("http://relay.test/v1/flags/stream").unwrap();
+        let task = Task {
+            transport: Arc::new(Feeds(feeds)),
+            request: crate::transport::Request::new(url),
+            shared,
+            token: token.clone(),
+            heard: watch::channel(None).0,
+            fetch_interval: Duration::from_secs(3600),
+        };
+        let run = tokio::spawn(task.run());
+        const EVENT: &[u8] = b"event: flags\nid: \"a\"\ndata: {}\n\n";
+        // Three drops at once, the third right after an event: the third wait is the third
+        // step, [2 s, 4 s], as if there had been no event.
+        for with_event in [false, false, true] {
+            let feed = opened.recv().await.unwrap();
+            if with_event {
+                feed.send(Ok(EVENT.to_vec())).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        let dropped = Instant::now();
+        let feed = opened.recv().await.unwrap();
+        let waited = dropped.elapsed();
+        assert!(
+            waited >= Duration::from_secs(2) && waited <= Duration::from_secs(4),
+            "{waited:?}"
+        );
+        // This one sends an event, then a keep-alive 15 s later, then drops at 30 s: the next
+        // wait is the first step again, [0.5 s, 1 s].
+        feed.send(Ok(EVENT.to_vec())).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        feed.send(Ok(b": keep-alive\n\n".to_vec())).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        drop(feed);
+        let dropped = Instant::now();
+        let _again = opened.recv().await.unwrap();
+        let waited = dropped.elapsed();
+        assert!(
+            waited >= Duration::from_millis(500) && waited <= Duration::from_secs(1),
+            "{waited:?}"
+        );
         token.cancel();
         run.await.unwrap();
     }
