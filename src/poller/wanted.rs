@@ -13,7 +13,7 @@ use super::{after, Poller};
 use crate::backoff::Backoff;
 use crate::stream::{differs, Heard};
 
-/// Successful fetches that may answer with another tag before the wanted one is let go.
+/// Successful fetches answering with another tag after which the wanted one is let go.
 const MAX_MISSES: u32 = 3;
 /// The first retry's ceiling; it doubles up to the lesser of 5 minutes and the fetch interval.
 const RETRY_INITIAL: Duration = Duration::from_secs(1);
@@ -106,7 +106,7 @@ impl Poller {
         }
         if ok {
             wanted.misses += 1;
-            if wanted.misses > MAX_MISSES {
+            if wanted.misses >= MAX_MISSES {
                 tracing::debug!(
                     misses = wanted.misses,
                     "the flags never carried the tag the change stream named; waiting for its next event"
