@@ -266,9 +266,9 @@ impl FlagsBuilder {
     ///
     /// Polling goes on at the fetch interval: the stream only adds fetches, which go through the
     /// poller like any other (one in flight, one queued). A fetch that fails or answers older
-    /// flags is tried again with backoff until the tag comes (at most 3 answers with another tag). A dropped stream reconnects with
-    /// jittered backoff (1 s doubling to 1 min); 45 s without an event or a keep-alive counts as
-    /// dropped. A server without the stream (404, 405, or not `text/event-stream`) is logged once
+    /// flags is tried again with backoff until the tag comes (at most 3 answers with another
+    /// tag). A dropped stream reconnects with jittered backoff (1 s doubling to 1 min); 45 s
+    /// without an event or a keep-alive counts as dropped. A server without the stream (404, 405, or not `text/event-stream`) is logged once
     /// and streaming stays off for this handle. Disabling remote flags closes the stream;
     /// [`Status::stream`](crate::Status::stream) tells whether it is connected.
     ///
