@@ -696,15 +696,7 @@ async fn a_304_with_a_new_etag_replaces_the_held_one() {
     flags.refresh().await.unwrap();
     assert_eq!(flags.snapshot().etag(), Some("\"v2\""));
     flags.refresh().await.unwrap();
-    let sent: Vec<_> = transport
-        .requests()
-        .iter()
-        .map(|r| {
-            r.headers
-                .get("if-none-match")
-                .map(|v| v.to_str().unwrap().to_owned())
-        })
-        .collect();
+    let sent = support::if_none_match(&transport.requests());
     assert_eq!(sent, [None, Some("\"v1\"".into()), Some("\"v2\"".into())]);
     assert_eq!(
         flags.snapshot().etag(),

@@ -337,15 +337,22 @@ mod tests {
         }
     }
 
-    /// The state says `Connecting` from the moment the stream drops, through the backoff's
-    /// delay, not only once the next attempt starts (found on the wire: handles reported
-    /// `Connected` for 0.5 to 1 s after a relay had closed their streams).
-    #[tokio::test(start_paused = true)]
-    async fn a_dropped_stream_is_connecting_while_it_waits_to_reconnect() {
+    /// The feed of each stream opened.
+    type Opened =
+        tokio::sync::mpsc::UnboundedReceiver<tokio::sync::mpsc::Sender<Result<Vec<u8>, Error>>>;
+
+    /// A stream task over [`Feeds`] on a fresh hub: the hub, the feeds of the streams it opens,
+    /// its token and the task.
+    fn spawn_task() -> (
+        Arc<Shared>,
+        Opened,
+        CancellationToken,
+        tokio::task::JoinHandle<()>,
+    ) {
         use crate::layers::Layers;
         use crate::status::Status;
 
-        let (feeds, mut opened) = tokio::sync::mpsc::unbounded_channel();
+        let (feeds, opened) = tokio::sync::mpsc::unbounded_channel();
         let shared = Arc::new(Shared::new(
             Layers::new(Default::default(), Default::default()),
             Status::fresh(),
@@ -360,7 +367,15 @@ mod tests {
             heard: watch::channel(None).0,
             fetch_interval: Duration::from_secs(3600),
         };
-        let run = tokio::spawn(task.run());
+        (shared, opened, token, tokio::spawn(task.run()))
+    }
+
+    /// The state says `Connecting` from the moment the stream drops, through the backoff's
+    /// delay, not only once the next attempt starts (found on the wire: handles reported
+    /// `Connected` for 0.5 to 1 s after a relay had closed their streams).
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_stream_is_connecting_while_it_waits_to_reconnect() {
+        let (shared, mut opened, token, run) = spawn_task();
         let feed = opened.recv().await.unwrap();
         tokio::time::sleep(Duration::from_millis(1)).await;
         assert_eq!(shared.status().stream(), StreamState::Connected);
@@ -381,25 +396,7 @@ mod tests {
     /// and not after one that dropped right after it.
     #[tokio::test(start_paused = true)]
     async fn a_stream_that_worked_starts_the_backoff_over() {
-        use crate::layers::Layers;
-        use crate::status::Status;
-
-        let (feeds, mut opened) = tokio::sync::mpsc::unbounded_channel();
-        let shared = Arc::new(Shared::new(
-            Layers::new(Default::default(), Default::default()),
-            Status::fresh(),
-        ));
-        let token = CancellationToken::new();
-        let url = url::Url::parse("http://relay.test/v1/flags/stream").unwrap();
-        let task = Task {
-            transport: Arc::new(Feeds(feeds)),
-            request: crate::transport::Request::new(url),
-            shared,
-            token: token.clone(),
-            heard: watch::channel(None).0,
-            fetch_interval: Duration::from_secs(3600),
-        };
-        let run = tokio::spawn(task.run());
+        let (_shared, mut opened, token, run) = spawn_task();
         const EVENT: &[u8] = b"event: flags\nid: \"a\"\ndata: {}\n\n";
         // Three drops at once, the third right after an event: the third wait is the third
         // step, [2 s, 4 s], as if there had been no event.

@@ -170,15 +170,7 @@ impl Wire {
 
     /// The `If-None-Match` of each flags request, oldest first.
     pub fn if_none_match(&self) -> Vec<Option<String>> {
-        self.script
-            .requests()
-            .iter()
-            .map(|r| {
-                r.headers
-                    .get("if-none-match")
-                    .map(|v| v.to_str().unwrap().to_owned())
-            })
-            .collect()
+        crate::support::if_none_match(&self.script.requests())
     }
 }
 

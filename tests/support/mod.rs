@@ -77,6 +77,19 @@ pub async fn wait_status(
     status
 }
 
+/// The `If-None-Match` each request sent, oldest first.
+#[allow(dead_code)]
+pub fn if_none_match(requests: &[flagpole::Request]) -> Vec<Option<String>> {
+    requests
+        .iter()
+        .map(|r| {
+            r.headers
+                .get("if-none-match")
+                .map(|v| v.to_str().unwrap().to_owned())
+        })
+        .collect()
+}
+
 /// Tasks alive on the current runtime (the poller is one; `spawn_blocking` calls are not).
 #[allow(dead_code)]
 pub fn alive_tasks() -> usize {
