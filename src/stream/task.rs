@@ -59,8 +59,10 @@ impl Task {
         // lasts a minute); the retries after it at `debug`.
         let mut outage_logged = false;
         let mut ever_connected = false;
+        // From here on the state is `Connecting` whenever no stream is connected: set once now,
+        // and again at each drop.
+        self.set(StreamState::Connecting);
         loop {
-            self.set(StreamState::Connecting);
             let (error, connected_for, healthy, retry_after) = match self
                 .connection(&mut outage_logged, &mut ever_connected)
                 .await
